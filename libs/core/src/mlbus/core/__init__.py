@@ -1,0 +1,1 @@
+"""Shared foundation for mlbus services."""

@@ -1,0 +1,1 @@
+"""mlbus Python SDK and CLI."""
