@@ -1,0 +1,22 @@
+"""The ``mlbus`` command line."""
+
+from __future__ import annotations
+
+import click
+
+from mlbus.sdk.cli.local import broker, down, health, status, up
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mlbus-sdk", prog_name="mlbus")
+def cli() -> None:
+    """mlbus: deploy, run and govern models on your own machines."""
+
+
+for command in (broker, up, status, down, health):
+    cli.add_command(command)
+
+
+def main() -> None:
+    """Entry point of the ``mlbus`` script."""
+    cli()
