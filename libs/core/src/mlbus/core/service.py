@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from mlbus.core.errors import Unavailable
 from mlbus.core.logging import setup_logging
-from mlbus.core.messaging import EventConsumer, EventProducer, Topic, ensure_topics
+from mlbus.core.messaging import EventConsumer, EventProducer, Topic, TopicCatalogue, ensure_topics
 from mlbus.core.rpc import RpcServer, create_server, run_until_signal
 from mlbus.core.settings import ServiceSettings
 from mlbus.core.telemetry import setup_telemetry
@@ -34,6 +34,8 @@ class ServiceApp:
     def __init__(self, settings: ServiceSettings, *, topics: Sequence[Topic] = ()) -> None:
         self.settings = settings
         self.name = settings.service_name
+        #: Every topic name this service uses comes from here (namespaced by settings).
+        self.catalogue = TopicCatalogue(settings.kafka.topic_namespace)
         #: Topics this service publishes to or consumes; created at start-up when missing.
         self.topics: list[Topic] = list(topics)
         self.producer = EventProducer(settings.kafka, source=self.name)
@@ -80,6 +82,7 @@ class ServiceApp:
                 await asyncio.sleep(1.0)
         if kafka.create_topics and self.topics:
             await ensure_topics(kafka, self.topics)
+            self.producer.mark_ensured(*self.topics)
 
     async def start(self) -> int:
         """Start everything; returns the bound gRPC port."""
@@ -125,6 +128,10 @@ async def serve(app: ServiceApp) -> None:
     await run_until_signal(app.server, on_shutdown=[app.stop])
 
 
+async def _build_and_serve(settings: S, build: Callable[[S], ServiceApp]) -> None:
+    await serve(build(settings))
+
+
 def run_service(settings: S, build: Callable[[S], ServiceApp]) -> None:
     """Entry point of every ``mlbus-<service>`` script."""
     setup_logging(settings.service_name, settings.log)
@@ -137,7 +144,8 @@ def run_service(settings: S, build: Callable[[S], ServiceApp]) -> None:
     extra: dict[str, Any] = {"metrics_port": telemetry.metrics_port}
     log.info("starting", extra=extra)
     try:
-        asyncio.run(serve(build(settings)))
+        # Build inside the loop: grpc.aio servers and Kafka clients bind to the running loop.
+        asyncio.run(_build_and_serve(settings, build))
     except Unavailable as exc:
         log.error("cannot start: %s", exc)
         raise SystemExit(2) from exc

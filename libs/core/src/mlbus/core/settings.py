@@ -30,6 +30,8 @@ class KafkaSettings(BaseSettings):
 
     bootstrap_servers: str = "127.0.0.1:29092"
     """Comma-separated host:port list of Kafka brokers."""
+    topic_namespace: str = ""
+    """Prefix of every topic name (``<namespace>.mlbus....``), so stacks or tests can share a broker."""
     client_id_prefix: str = "mlbus"
     """Prefix of the Kafka client id; the service name is appended."""
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"

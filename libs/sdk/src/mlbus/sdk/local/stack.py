@@ -281,7 +281,7 @@ class LocalStack:
 
         assert self.broker is not None
         settings = KafkaSettings(bootstrap_servers=self.broker.bootstrap_servers)
-        topics = all_topics()
+        topics = all_topics(settings.topic_namespace)
         asyncio.run(ensure_topics(settings, topics))
         self.echo(f"created {len(topics)} topics (and their dead-letter topics)")
 

@@ -1,0 +1,125 @@
+"""`mlbus up` brings the broker and all seven services to SERVING; `mlbus down` and Ctrl-C
+leave no process behind; a service that dies is reported with the tail of its log."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlbus.sdk.local.stack import SERVICES, pid_alive
+
+pytestmark = pytest.mark.slow
+
+MLBUS = str(Path(sys.executable).parent / "mlbus")
+
+
+def mlbus(*args: str, home: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [MLBUS, *args, "--home", str(home)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def status(home: Path) -> dict[str, Any]:
+    result = mlbus("status", "--json", home=home)
+    assert result.returncode == 0, result.stderr
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_up_detached_status_and_down(tmp_path: Path) -> None:
+    home = tmp_path / "stack"
+    started = mlbus("up", "--detach", "--free-ports", home=home)
+    assert started.returncode == 0, started.stdout + started.stderr
+    for spec in SERVICES:
+        assert spec.name in started.stdout
+
+    rows = {row["service"]: row for row in status(home)["services"]}
+    assert set(rows) == {"broker", *(s.name for s in SERVICES)}
+    assert rows.pop("broker")["status"] == "RUNNING"
+    assert {name: row["status"] for name, row in rows.items()} == {
+        s.name: "SERVING" for s in SERVICES
+    }
+    pids = [int(row["pid"]) for row in status(home)["services"]]
+    for name, row in rows.items():
+        assert Path(row["log"]).exists(), name
+        # Every service logs JSON lines: the readiness line names its gRPC port.
+        lines = [
+            json.loads(x) for x in Path(row["log"]).read_text().splitlines() if x.startswith("{")
+        ]
+        ready = [x for x in lines if x["message"] == "service ready"]
+        assert ready, f"{name} never logged readiness"
+        assert f":{ready[0]['grpc_port']}" in row["grpc"]
+
+    again = mlbus("up", "--detach", "--free-ports", home=home)
+    assert again.returncode != 0
+    assert "already running" in again.stderr
+
+    stopped = mlbus("down", home=home)
+    assert stopped.returncode == 0, stopped.stderr
+    wait_until(lambda: not any(pid_alive(p) for p in pids), 20, "all processes to exit")
+    assert status(home) == {"running": False, "services": []}
+
+
+def test_foreground_reports_a_dead_service_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    home = tmp_path / "stack"
+    proc = subprocess.Popen(
+        [MLBUS, "up", "--free-ports", "--home", str(home)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    try:
+        wait_until(
+            lambda: (
+                (home / "stack.json").exists()
+                and all(r["status"] in ("SERVING", "RUNNING") for r in status(home)["services"])
+                and len(status(home)["services"]) == 8
+            ),
+            120,
+            "the stack to be SERVING",
+        )
+        rows = {row["service"]: row for row in status(home)["services"]}
+        pids = [int(r["pid"]) for r in rows.values()]
+        victim = int(rows["monitor"]["pid"])
+        os.kill(victim, signal.SIGKILL)
+        wait_until(
+            lambda: (
+                {r["service"]: r["status"] for r in status(home)["services"]}["monitor"] == "DEAD"
+            ),
+            10,
+            "monitor to show as DEAD",
+        )
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "monitor" in err and "died" in err
+    assert "service ready" in err, "the dead service's log tail is shown"
+    assert "stopped" in out
+    wait_until(lambda: not any(pid_alive(p) for p in pids), 20, "all processes to exit")
+    assert not (home / "stack.json").exists()
