@@ -5,7 +5,8 @@
 - ``kafka_settings``: :class:`KafkaSettings` pointing at it;
 - ``unique_name``: a factory of names no other test uses (topics, groups, databases);
 - ``postgres_url`` / ``redis_url``: the machine's PostgreSQL and Redis, each test session
-  with its own database / key prefix (skipped with a clear reason when they are not running).
+  with its own database / key prefix (skipped with a clear reason when they are not running,
+  except in CI, where that fails the test).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -23,6 +25,13 @@ from mlbus.sdk.local.broker import BrokerProcess, free_port, start_broker
 POSTGRES_ADMIN_URL_ENV = "MLBUS_TEST_POSTGRES_URL"
 REDIS_URL_ENV = "MLBUS_TEST_REDIS_URL"
 KAFKA_ENV = "MLBUS_TEST_KAFKA_BOOTSTRAP"
+
+
+def _unavailable(reason: str) -> NoReturn:
+    """Skip on a developer machine without the service; fail in CI, where it must be there."""
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
@@ -66,7 +75,7 @@ def postgres_url() -> Iterator[str]:
     try:
         conn = psycopg.connect(admin, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at {admin}: {exc}")
+        _unavailable(f"PostgreSQL not reachable at {admin}: {exc}")
     with conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     base = admin.rsplit("/", 1)[0]
@@ -86,7 +95,7 @@ def redis_url() -> str:
     try:
         client.ping()
     except redis.exceptions.ConnectionError as exc:
-        pytest.skip(f"Redis not reachable at {url}: {exc}")
+        _unavailable(f"Redis not reachable at {url}: {exc}")
     finally:
         client.close()
     return url
