@@ -79,6 +79,9 @@ def test_up_detached_status_and_down(tmp_path: Path) -> None:
     assert stopped.returncode == 0, stopped.stderr
     wait_until(lambda: not any(pid_alive(p) for p in pids), 20, "all processes to exit")
     assert status(home) == {"running": False, "services": []}
+    for name, row in rows.items():
+        # SIGTERM → graceful stop (server drained, producer flushed), not a kill after the grace.
+        assert '"service stopped"' in Path(row["log"]).read_text(), name
 
 
 def test_foreground_reports_a_dead_service_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
