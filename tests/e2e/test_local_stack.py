@@ -121,7 +121,8 @@ def test_foreground_reports_a_dead_service_and_ctrl_c_stops_everything(tmp_path:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, err
-    assert "monitor" in err and "died" in err
+    assert "monitor" in err
+    assert "died" in err
     assert "service ready" in err, "the dead service's log tail is shown"
     assert "stopped" in out
     wait_until(lambda: not any(pid_alive(p) for p in pids), 20, "all processes to exit")
