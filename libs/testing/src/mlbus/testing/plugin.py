@@ -6,19 +6,29 @@
 - ``unique_name``: a factory of names no other test uses (topics, groups, databases);
 - ``postgres_url`` / ``redis_url``: the machine's PostgreSQL and Redis, each test session
   with its own database / key prefix (skipped with a clear reason when they are not running,
-  except in CI, where that fails the test).
+  except in CI, where that fails the test);
+- ``run_app``: start a service's ``ServiceApp`` in-process on a free port with a ready channel;
+- ``span_exporter``: the spans this process finished, for trace assertions.
 """
 
 from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+import grpc
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from mlbus.core.rpc import create_channel, wait_for_ready
+from mlbus.core.service import ServiceApp
 from mlbus.core.settings import KafkaSettings
 from mlbus.sdk.local.broker import BrokerProcess, free_port, start_broker
 
@@ -99,3 +109,49 @@ def redis_url() -> str:
     finally:
         client.close()
     return url
+
+
+@dataclass
+class RunningApp:
+    """A service app started in-process by :func:`run_app`, with a ready channel to it."""
+
+    app: ServiceApp
+    port: int
+    channel: grpc.aio.Channel
+
+    @property
+    def target(self) -> str:
+        """``127.0.0.1:<port>`` of the app's gRPC server."""
+        return f"127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+async def run_app() -> AsyncIterator[Callable[[ServiceApp], Awaitable[RunningApp]]]:
+    """``running = await run_app(app)``: start a ServiceApp in-process (its settings should use
+    port 0), wait until its health check reports SERVING, and stop it after the test."""
+    started: list[RunningApp] = []
+
+    async def start(app: ServiceApp) -> RunningApp:
+        port = await app.start()
+        channel = create_channel(f"127.0.0.1:{port}", app.settings.grpc)
+        running = RunningApp(app, port, channel)
+        started.append(running)
+        await wait_for_ready(channel, timeout=10)
+        return running
+
+    yield start
+    for running in reversed(started):
+        await running.channel.close()
+        await running.app.stop()
+
+
+@pytest.fixture(scope="session")
+def span_exporter() -> InMemorySpanExporter:
+    """Finished spans of this process (an SDK tracer provider is installed once if needed)."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
