@@ -141,7 +141,7 @@ async def run_app() -> AsyncIterator[Callable[[ServiceApp], Awaitable[RunningApp
 
     yield start
     for running in reversed(started):
-        await running.channel.close()
+        await running.channel.close(None)
         await running.app.stop()
 
 
