@@ -8,7 +8,9 @@
   with its own database / key prefix (skipped with a clear reason when they are not running,
   except in CI, where that fails the test);
 - ``run_app``: start a service's ``ServiceApp`` in-process on a free port with a ready channel;
-- ``span_exporter``: the spans this process finished, for trace assertions.
+- ``span_exporter``: the spans this process finished, for trace assertions;
+- ``onnx_linear_model``, ``onnx_sklearn_classifier``, ``onnx_sklearn_regressor``: real ONNX
+  models built by the test (:mod:`mlbus.testing.onnx_fixtures`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from mlbus.core.rpc import create_channel, wait_for_ready
 from mlbus.core.service import ServiceApp
 from mlbus.core.settings import KafkaSettings
 from mlbus.sdk.local.broker import BrokerProcess, free_port, start_broker
+
+pytest_plugins = ("mlbus.testing.onnx_fixtures",)
 
 POSTGRES_ADMIN_URL_ENV = "MLBUS_TEST_POSTGRES_URL"
 REDIS_URL_ENV = "MLBUS_TEST_REDIS_URL"

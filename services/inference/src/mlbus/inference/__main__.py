@@ -1,15 +1,27 @@
-"""``mlbus-inference``: run the inference service until SIGTERM or Ctrl-C."""
+"""``mlbus-inference`` / ``python -m mlbus.inference``: run one worker until SIGTERM or Ctrl-C.
+
+Exit status: 0 after a graceful stop, 2 when the bus is unreachable at start, 3 when the
+configured model cannot be fetched, verified, loaded or warmed up (the reason is logged).
+"""
 
 from __future__ import annotations
 
 from mlbus.core.service import run_service
 from mlbus.inference.app import build_app
+from mlbus.inference.domain.errors import ModelLoadError
 from mlbus.inference.settings import InferenceSettings
+
+#: Exit status of a worker whose model could not be made ready.
+EXIT_MODEL_LOAD_FAILED = 3
 
 
 def main() -> None:
-    """Settings → logging/telemetry → app → run until a signal."""
-    run_service(InferenceSettings(), build_app)
+    """Settings → logging/telemetry → app (model loaded and warm) → run until a signal."""
+    try:
+        run_service(InferenceSettings(), build_app)
+    except ModelLoadError as exc:
+        # Already logged with its cause by the worker; the status tells the supervisor.
+        raise SystemExit(EXIT_MODEL_LOAD_FAILED) from exc
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
+from mlbus.sdk.cli.endpoints import endpoints
 from mlbus.sdk.cli.local import broker, down, health, status, up
+from mlbus.sdk.cli.models import models
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -13,7 +15,7 @@ def cli() -> None:
     """mlbus: deploy, run and govern models on your own machines."""
 
 
-for command in (broker, up, status, down, health):
+for command in (broker, up, status, down, health, models, endpoints):
     cli.add_command(command)
 
 

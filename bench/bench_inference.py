@@ -1,0 +1,508 @@
+"""Real-time inference worker: ModelInfer latency and throughput, dynamic batching off vs on.
+
+The worker runs as the deployment controller will run it: ``python -m mlbus.inference`` in a
+process of its own, settings from the environment, the model in a local object store, the
+bus on the runner's broker, default telemetry (SDK tracer, Prometheus metrics). The clients
+run in this process: ``concurrency`` coroutines on one grpc.aio channel with the generated
+v2 stub and no interceptors, each sending a pre-built one-row request (raw FP32 contents),
+awaiting the response, and sending the next, for a fixed time after a warm-up.
+
+Two models, built here with onnx.helper (random weights, FP32):
+
+* ``small``: MLP 30 → 64 → 64 → 2 (the per-request cost of the server decides);
+* ``heavy``: MLP 256 → 1536 → 1536 → 1536 → 10 (≥ 0.3 ms per row in ONNX Runtime with one
+  thread, where merging rows into one matrix product pays; the issue's 1024-wide example
+  measured 0.2 ms per row here).
+
+Per repetition and model, a fresh worker with batching off (``max_batch_size`` 1) and one with
+batching on (``max_batch_size`` 16, ``max_queue_delay_us`` 0: requests that arrive while a
+run is busy form the next batch) are started in alternating order; both use one intra-op and
+one inter-op thread and one session run at a time. The floor is ``session.run`` in this
+process on one row. Cold start (spawn → health SERVING with the model loaded and warm) and
+the worker's RSS when idle are read from the batching-off small-model worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import onnx
+import onnxruntime as ort
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from onnx import TensorProto, helper, numpy_helper
+
+from mlbus.core.storage import LocalObjectStore
+from mlbus.inference.v2 import grpc_service_pb2 as pb
+from mlbus.inference.v2 import grpc_service_pb2_grpc as pb_grpc
+from mlbus.sdk.local.broker import free_port
+
+TITLE = "Inference worker: ModelInfer over v2 gRPC, dynamic batching off vs on"
+
+MODELS: dict[str, dict[str, Any]] = {
+    "small": {"inputs": 30, "hidden": (64, 64), "outputs": 2},
+    "heavy": {"inputs": 256, "hidden": (1536, 1536, 1536), "outputs": 10},
+}
+BATCH_ON = {"INFERENCE_MAX_BATCH_SIZE": "16", "INFERENCE_MAX_QUEUE_DELAY_US": "0"}
+BATCH_OFF = {"INFERENCE_MAX_BATCH_SIZE": "1"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long each measurement runs."""
+
+    reps: int
+    warmup_s: float
+    c1_s: float
+    c16_s: float
+    concurrency: int = 16
+    floor_runs: int = 2000
+
+
+FULL = Plan(reps=3, warmup_s=0.5, c1_s=3.0, c16_s=4.0)
+QUICK = Plan(reps=1, warmup_s=0.3, c1_s=1.0, c16_s=1.5, floor_runs=300)
+
+
+# --- models -----------------------------------------------------------------------------------
+
+
+def mlp(inputs: int, hidden: Sequence[int], outputs: int, seed: int = 0) -> bytes:
+    """x FP32 [N, inputs] → ReLU MLP → y FP32 [N, outputs] (random weights)."""
+    rng = np.random.default_rng(seed)
+    nodes, initializers = [], []
+    previous, width = "x", inputs
+    sizes = [*hidden, outputs]
+    for layer, size in enumerate(sizes):
+        w = (rng.standard_normal((width, size)) / np.sqrt(width)).astype(np.float32)
+        b = (rng.standard_normal(size) * 0.1).astype(np.float32)
+        initializers += [
+            numpy_helper.from_array(w, f"w{layer}"),
+            numpy_helper.from_array(b, f"b{layer}"),
+        ]
+        last = layer == len(sizes) - 1
+        nodes.append(helper.make_node("MatMul", [previous, f"w{layer}"], [f"m{layer}"]))
+        nodes.append(
+            helper.make_node("Add", [f"m{layer}", f"b{layer}"], ["y" if last else f"a{layer}"])
+        )
+        if not last:
+            nodes.append(helper.make_node("Relu", [f"a{layer}"], [f"h{layer}"]))
+            previous = f"h{layer}"
+        width = size
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", inputs])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", outputs])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def request_for(inputs: int, seed: int = 1) -> pb.ModelInferRequest:
+    x = np.random.default_rng(seed).standard_normal((1, inputs)).astype(np.float32)
+    request = pb.ModelInferRequest(model_name="bench")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, inputs])
+    request.raw_input_contents.append(x.tobytes())
+    return request
+
+
+def floor_us(model: bytes, inputs: int, runs: int) -> float:
+    """Median µs of one-row ``session.run`` in this process, one thread (the floor)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).standard_normal((1, inputs)).astype(np.float32)
+    for _ in range(min(50, runs)):
+        session.run(None, {"x": x})
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        session.run(None, {"x": x})
+        samples.append((time.perf_counter() - started) * 1e6)
+    return statistics.median(samples)
+
+
+# --- the worker process -----------------------------------------------------------------------
+
+
+@dataclass
+class Worker:
+    """A worker process started for one measurement."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    cold_start_s: float
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def metrics_port(self) -> int | None:
+        for line in self.log_path.read_text().splitlines():
+            if line.startswith("{"):
+                record = json.loads(line)
+                if record.get("metrics_port"):
+                    return int(record["metrics_port"])
+        return None
+
+    def counters(self) -> dict[str, float]:
+        """Session runs and OK requests so far, from the worker's Prometheus endpoint."""
+        port = self.metrics_port()
+        if port is None:
+            return {}
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+        totals: dict[str, float] = {"runs": 0.0, "requests": 0.0}
+        # Histogram counts: rows per run counts runs; request duration counts requests.
+        for line in text.splitlines():
+            if line.startswith("mlbus_inference_batch_size_count"):
+                totals["runs"] += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("mlbus_inference_request_duration_seconds_count") and (
+                'rpc_grpc_status="OK"' in line
+            ):
+                totals["requests"] += float(line.rsplit(" ", 1)[1])
+        return totals
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+async def wait_serving(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited with status {proc.returncode}")
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                reply = await health.Check(
+                    health_pb2.HealthCheckRequest(), timeout=1, wait_for_ready=True
+                )
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            await asyncio.sleep(0.005)
+    raise RuntimeError(f"worker on port {port} not SERVING after {timeout} s")
+
+
+def spawn(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """``python -m mlbus.inference`` with ``env``, output to ``log_path``."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "mlbus.inference"], env=env, stdout=log, stderr=log
+        )
+
+
+async def start_worker(
+    bootstrap: str, root: Path, uri: str, sha256: str, extra: dict[str, str], log_dir: Path
+) -> Worker:
+    port = free_port()
+    env = {
+        **os.environ,
+        "INFERENCE_GRPC_PORT": str(port),
+        "INFERENCE_METRICS_PORT": "0",
+        "INFERENCE_MODEL_NAME": "bench",
+        "INFERENCE_VARIANT": "v",
+        "INFERENCE_ARTIFACT_URI": uri,
+        "INFERENCE_ARTIFACT_SHA256": sha256,
+        "MLBUS_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "MLBUS_KAFKA_TOPIC_NAMESPACE": "bench-inference",
+        "MLBUS_STORAGE_ROOT": str(root),
+        "MLBUS_GRPC_SHUTDOWN_GRACE_S": "1",
+        **extra,
+    }
+    log_path = log_dir / f"worker-{port}.log"
+    started = time.perf_counter()
+    proc = spawn(env, log_path)
+    try:
+        await wait_serving(port, proc)
+    except BaseException:
+        proc.kill()
+        proc.wait(10)
+        raise
+    return Worker(proc, port, log_path, time.perf_counter() - started)
+
+
+# --- load -------------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    ordered = sorted(values)
+    rank = min(len(ordered), max(1, math.ceil(q / 100 * len(ordered))))
+    return ordered[rank - 1]
+
+
+@dataclass
+class Load:
+    """What one load run measured."""
+
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+async def drive(
+    port: int, request: pb.ModelInferRequest, concurrency: int, plan_s: float, warmup_s: float
+) -> Load:
+    options = [("grpc.max_receive_message_length", 64 << 20)]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        loop = asyncio.get_running_loop()
+        measure_from = loop.time() + warmup_s
+        stop_at = measure_from + plan_s
+        latencies: list[float] = []
+        errors = 0
+
+        async def client() -> None:
+            nonlocal errors
+            while True:
+                started = loop.time()
+                if started >= stop_at:
+                    return
+                try:
+                    await stub.ModelInfer(request, timeout=10)
+                except grpc.aio.AioRpcError:
+                    errors += 1
+                    continue
+                if started >= measure_from:
+                    latencies.append(loop.time() - started)
+
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+    return Load(
+        rate=len(latencies) / plan_s,
+        p50_ms=percentile(latencies, 50) * 1000,
+        p99_ms=percentile(latencies, 99) * 1000,
+        errors=errors,
+    )
+
+
+# --- the benchmark ----------------------------------------------------------------------------
+
+
+class Recorder:
+    """Collects the runs of every figure, keyed by name."""
+
+    def __init__(self) -> None:
+        self.figures: dict[str, dict[str, Any]] = {}
+        self.ratios: dict[str, dict[str, Any]] = {}
+
+    def add(self, name: str, value: float, *, label: str, unit: str, better: str) -> None:
+        figure = self.figures.setdefault(
+            name, {"label": label, "unit": unit, "better": better, "runs": []}
+        )
+        figure["runs"].append(value)
+
+    def ratio(self, name: str, numerator: str, denominator: str, label: str) -> None:
+        self.ratios.setdefault(
+            name,
+            {
+                "label": label,
+                "numerator": numerator,
+                "denominator": denominator,
+                "per_message_cost": False,
+            },
+        )
+
+
+class Bench:
+    """One run of the inference benchmark."""
+
+    def __init__(self, bootstrap: str, plan: Plan, *, verbose: bool) -> None:
+        self.bootstrap = bootstrap
+        self.plan = plan
+        self.verbose = verbose
+        self.rec = Recorder()
+        self.batch_sizes: dict[str, list[float]] = {"small": [], "heavy": []}
+        self.errors = 0
+
+    def log(self, text: str) -> None:
+        if self.verbose:
+            print(f"  {text}", flush=True)
+
+    async def main(self) -> None:
+        with tempfile.TemporaryDirectory(prefix="mlbus-bench-inference-") as tmp:
+            root = Path(tmp) / "objects"
+            store = LocalObjectStore(root)
+            await store.start()
+            refs, models = {}, {}
+            for name, shape in MODELS.items():
+                models[name] = mlp(**shape)
+                refs[name] = await store.put_content(models[name])
+                assert refs[name].sha256 == hashlib.sha256(models[name]).hexdigest()
+            await store.aclose()
+            for rep in range(self.plan.reps):
+                self.log(f"repetition {rep + 1}/{self.plan.reps}")
+                for name, shape in MODELS.items():
+                    runs = self.plan.floor_runs // (1 if name == "small" else 10)
+                    floor = floor_us(models[name], shape["inputs"], runs)
+                    self.rec.add(
+                        f"{name}_floor_us",
+                        floor,
+                        label=f"{name}: ONNX Runtime session.run in process, 1 row (floor)",
+                        unit="µs",
+                        better="lower",
+                    )
+                    self.log(f"{name}: session.run floor {floor:.1f} µs")
+                for name in MODELS:
+                    modes = ["off", "on"] if rep % 2 == 0 else ["on", "off"]
+                    for mode in modes:
+                        await self.measure(
+                            name, mode, root, refs[name].uri, refs[name].sha256, Path(tmp)
+                        )
+        self.rec.ratio(
+            "small_batching_c16",
+            "small_on_c16_rate",
+            "small_off_c16_rate",
+            "small: batching on ÷ off, c=16 throughput",
+        )
+        self.rec.ratio(
+            "heavy_batching_c16",
+            "heavy_on_c16_rate",
+            "heavy_off_c16_rate",
+            "heavy: batching on ÷ off, c=16 throughput",
+        )
+        self.rec.ratio(
+            "small_batching_c1",
+            "small_on_c1_p50",
+            "small_off_c1_p50",
+            "small: batching on ÷ off, c=1 p50 latency",
+        )
+
+    async def measure(
+        self, name: str, mode: str, root: Path, uri: str, sha256: str, log_dir: Path
+    ) -> None:
+        plan = self.plan
+        extra = BATCH_ON if mode == "on" else BATCH_OFF
+        worker = await start_worker(self.bootstrap, root, uri, sha256, extra, log_dir)
+        try:
+            if name == "small" and mode == "off":
+                self.rec.add(
+                    "cold_start_s",
+                    worker.cold_start_s,
+                    label="worker cold start: spawn → SERVING, small model loaded and warm",
+                    unit="s",
+                    better="lower",
+                )
+                self.rec.add(
+                    "idle_rss_mb",
+                    worker.rss_mb(),
+                    label="worker RSS when idle (small model)",
+                    unit="MiB",
+                    better="lower",
+                )
+            request = request_for(MODELS[name]["inputs"])
+            one = await drive(worker.port, request, 1, plan.c1_s, plan.warmup_s)
+            before = worker.counters()
+            many = await drive(worker.port, request, plan.concurrency, plan.c16_s, plan.warmup_s)
+            after = worker.counters()
+        finally:
+            await asyncio.to_thread(worker.stop)
+        self.errors += one.errors + many.errors
+        runs = after.get("runs", 0) - before.get("runs", 0)
+        served = after.get("requests", 0) - before.get("requests", 0)
+        per_run = served / runs if runs else float("nan")
+        if mode == "on":
+            self.batch_sizes[name].append(per_run)
+        tag = f"{name}_{mode}"
+        what = f"{name}, batching {mode}"
+        self.rec.add(
+            f"{tag}_c1_p50", one.p50_ms, label=f"{what}: c=1 p50", unit="ms", better="lower"
+        )
+        self.rec.add(
+            f"{tag}_c1_p99", one.p99_ms, label=f"{what}: c=1 p99", unit="ms", better="lower"
+        )
+        self.rec.add(
+            f"{tag}_c16_rate",
+            many.rate,
+            label=f"{what}: c={plan.concurrency} throughput",
+            unit="inf/s",
+            better="higher",
+        )
+        self.rec.add(
+            f"{tag}_c16_p99",
+            many.p99_ms,
+            label=f"{what}: c={plan.concurrency} p99",
+            unit="ms",
+            better="lower",
+        )
+        self.log(
+            f"{what}: c=1 p50 {one.p50_ms:.2f} ms p99 {one.p99_ms:.2f} ms; "
+            f"c={plan.concurrency} {many.rate:,.0f}/s p99 {many.p99_ms:.1f} ms; "
+            f"{per_run:.1f} requests per session run; cold start {worker.cold_start_s:.2f} s"
+        )
+
+
+def notes(bench: Bench) -> list[str]:
+    sizes = {
+        name: f"{statistics.median(values):.1f}" if values else "n/a"
+        for name, values in bench.batch_sizes.items()
+    }
+    return [
+        "Client and worker share the machine's 2 cores with the broker (idle here: capture is "
+        "off). The worker is a process of its own with default telemetry (SDK tracer sampling "
+        "every span, Prometheus metrics); the clients run in the benchmark process on one "
+        "grpc.aio channel without interceptors.",
+        "Every request carries one row. Both modes use 1 intra-op thread, 1 inter-op thread and "
+        "1 session run at a time (INFERENCE_MAX_CONCURRENT_RUNS=1).",
+        f"Requests per session run with batching on at c={bench.plan.concurrency} (median over "
+        f"repetitions, from the worker's Prometheus counters): small {sizes['small']}, "
+        f"heavy {sizes['heavy']}.",
+        "In the ratio table 'wrapper' reads as the numerator (batching on) and 'raw' as the "
+        "denominator (batching off).",
+        f"Failed calls during the run: {bench.errors}.",
+    ]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the benchmark against ``args.bootstrap_servers``; return its figures."""
+    plan = QUICK if args.quick else FULL
+    if args.reps:
+        plan = Plan(**{**plan.__dict__, "reps": args.reps})
+    bench = Bench(args.bootstrap_servers, plan, verbose=args.verbose)
+    asyncio.run(bench.main())
+    return {
+        "title": TITLE,
+        "repetitions": plan.reps,
+        "config": {
+            "plan": plan.__dict__,
+            "models": {k: {**v, "hidden": list(v["hidden"])} for k, v in MODELS.items()},
+            "batching_on": BATCH_ON,
+            "batching_off": BATCH_OFF,
+            "onnxruntime": ort.__version__,
+        },
+        "figures": bench.rec.figures,
+        "ratios": bench.rec.ratios,
+        "notes": notes(bench),
+    }

@@ -1,0 +1,1 @@
+"""Implementations of the worker's ports: ONNX Runtime, the object store, the capture topic."""

@@ -1,0 +1,1 @@
+"""The v2 gRPC servicer and its protobuf ↔ domain converters."""
