@@ -5,6 +5,10 @@ start/stop hooks to it; ``__main__.py`` hands settings and that builder to
 :func:`run_service`. Start order: bus connection (producer, topics) → hooks → consumers →
 gRPC server (health SERVING only once everything before it works). Stop order is the
 reverse, so nothing accepts work it can no longer finish.
+
+A service that only publishes through its own retrying path (the registry's transactional
+outbox) passes ``bus_required=False``: it then starts and serves while Kafka is
+unreachable, and connects when it needs the bus.
 """
 
 from __future__ import annotations
@@ -31,7 +35,13 @@ S = TypeVar("S", bound=ServiceSettings)
 class ServiceApp:
     """One running service: its gRPC server, bus producer, consumers and lifecycle hooks."""
 
-    def __init__(self, settings: ServiceSettings, *, topics: Sequence[Topic] = ()) -> None:
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        *,
+        topics: Sequence[Topic] = (),
+        bus_required: bool = True,
+    ) -> None:
         self.settings = settings
         self.name = settings.service_name
         #: Every topic name this service uses comes from here (namespaced by settings).
@@ -39,6 +49,9 @@ class ServiceApp:
         #: Topics this service publishes to or consumes; created at start-up when missing.
         self.topics: list[Topic] = list(topics)
         self.producer = EventProducer(settings.kafka, source=self.name)
+        #: Whether start() waits for Kafka (and creates ``topics``) before anything else.
+        #: Off for services that reach the bus on their own, retrying, once started.
+        self.bus_required = bus_required
         self.server: RpcServer = create_server(
             service_name=self.name,
             settings=settings.grpc,
@@ -86,7 +99,8 @@ class ServiceApp:
 
     async def start(self) -> int:
         """Start everything; returns the bound gRPC port."""
-        await self._connect_bus()
+        if self.bus_required:
+            await self._connect_bus()
         for hook in self._on_start:
             await hook()
         for consumer in self.consumers:

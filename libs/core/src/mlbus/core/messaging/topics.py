@@ -125,12 +125,26 @@ class TopicCatalogue:
             "model group name",
             "A model group was created.",
         )
+        self.model_group_updated = self._event(
+            "registry",
+            registry_events.ModelGroupUpdated,
+            c,
+            "model group name",
+            "A model group's description or tags changed.",
+        )
         self.model_version_registered = self._event(
             "registry",
             registry_events.ModelVersionRegistered,
             c,
             "model group name",
             "A model version was registered, normally pending manual approval.",
+        )
+        self.model_version_updated = self._event(
+            "registry",
+            registry_events.ModelVersionUpdated,
+            c,
+            "model group name",
+            "A model version's description, metrics, tags or model card changed.",
         )
         self.model_version_approved = self._event(
             "registry",
@@ -153,6 +167,13 @@ class TopicCatalogue:
             "model group name",
             "A model group alias now points at another version.",
         )
+        self.alias_deleted = self._event(
+            "registry",
+            registry_events.AliasDeleted,
+            c,
+            "model group name",
+            "A model group alias was removed.",
+        )
         self.endpoint_config_updated = self._event(
             "registry",
             registry_events.EndpointConfigUpdated,
@@ -160,6 +181,14 @@ class TopicCatalogue:
             "endpoint name",
             "An endpoint configuration changed; the deployment controller reconciles "
             "(events carry config_revision, so stale ones are ignored).",
+        )
+        self.endpoint_degraded = self._event(
+            "registry",
+            registry_events.EndpointDegraded,
+            c,
+            "endpoint name",
+            "An endpoint serves a version that was rejected with force; it needs a new "
+            "configuration.",
         )
         self.endpoint_deleted = self._event(
             "registry",

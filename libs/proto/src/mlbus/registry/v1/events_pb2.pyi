@@ -155,6 +155,26 @@ class ModelVersionRegistered(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class HyperparametersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     MODEL_GROUP_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     ARTIFACT_FIELD_NUMBER: _builtins.int
@@ -166,6 +186,13 @@ class ModelVersionRegistered(_message.Message):
     DATASET_VERSION_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    HYPERPARAMETERS_FIELD_NUMBER: _builtins.int
+    DATASET_URI_FIELD_NUMBER: _builtins.int
+    DATASET_SHA256_FIELD_NUMBER: _builtins.int
+    CODE_VERSION_FIELD_NUMBER: _builtins.int
+    PARENT_VERSION_FIELD_NUMBER: _builtins.int
+    BASELINE_FIELD_NUMBER: _builtins.int
     model_group: _builtins.str
     """Model group the version belongs to."""
     version: _builtins.int
@@ -176,6 +203,16 @@ class ModelVersionRegistered(_message.Message):
     """Lineage: id of the training job that produced it; empty if uploaded directly."""
     dataset_version: _builtins.str
     """Lineage: the dataset version it was trained on, e.g. "churn@3f2a..."."""
+    description: _builtins.str
+    """Free-text description."""
+    dataset_uri: _builtins.str
+    """Lineage: URI of the training dataset."""
+    dataset_sha256: _builtins.str
+    """Lineage: SHA-256 of the training dataset (or of its manifest)."""
+    code_version: _builtins.str
+    """Lineage: code version (git commit of the training script, or the mlbus version)."""
+    parent_version: _builtins.int
+    """Lineage: version of the same group this one was derived from; 0 if none."""
     @_builtins.property
     def artifact(self) -> _common_pb2.ObjectRef:
         """The model artifact (content-addressed)."""
@@ -200,6 +237,14 @@ class ModelVersionRegistered(_message.Message):
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """User-defined tags."""
 
+    @_builtins.property
+    def hyperparameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Hyperparameters the version was trained with."""
+
+    @_builtins.property
+    def baseline(self) -> _common_pb2.ObjectRef:
+        """Training-data baseline statistics for monitoring; unset if none."""
+
     def __init__(
         self,
         *,
@@ -214,10 +259,17 @@ class ModelVersionRegistered(_message.Message):
         dataset_version: _builtins.str = ...,
         metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        description: _builtins.str = ...,
+        hyperparameters: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        dataset_uri: _builtins.str = ...,
+        dataset_sha256: _builtins.str = ...,
+        code_version: _builtins.str = ...,
+        parent_version: _builtins.int = ...,
+        baseline: _common_pb2.ObjectRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "artifact", b"artifact", "register_time", b"register_time", "signature", b"signature"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "artifact", b"artifact", "baseline", b"baseline", "register_time", b"register_time", "signature", b"signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "approval_status", b"approval_status", "artifact", b"artifact", "dataset_version", b"dataset_version", "metrics", b"metrics", "model_group", b"model_group", "register_time", b"register_time", "signature", b"signature", "tags", b"tags", "training_job_id", b"training_job_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "approval_status", b"approval_status", "artifact", b"artifact", "baseline", b"baseline", "code_version", b"code_version", "dataset_sha256", b"dataset_sha256", "dataset_uri", b"dataset_uri", "dataset_version", b"dataset_version", "description", b"description", "hyperparameters", b"hyperparameters", "metrics", b"metrics", "model_group", b"model_group", "parent_version", b"parent_version", "register_time", b"register_time", "signature", b"signature", "tags", b"tags", "training_job_id", b"training_job_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -288,12 +340,18 @@ class ModelVersionRejected(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     REJECT_TIME_FIELD_NUMBER: _builtins.int
+    PREVIOUS_STATUS_FIELD_NUMBER: _builtins.int
+    DEGRADED_ENDPOINTS_FIELD_NUMBER: _builtins.int
     model_group: _builtins.str
     """Model group of the version."""
     version: _builtins.int
     """Version number."""
     reason: _builtins.str
     """Why it was rejected."""
+    previous_status: _common_pb2.ApprovalStatus.ValueType
+    """Status before the rejection: PENDING_MANUAL_APPROVAL, or APPROVED when an approval
+    was withdrawn.
+    """
     @_builtins.property
     def actor(self) -> _common_pb2.Actor:
         """Who rejected it."""
@@ -301,6 +359,10 @@ class ModelVersionRejected(_message.Message):
     @_builtins.property
     def reject_time(self) -> _timestamp_pb2.Timestamp:
         """When it was rejected."""
+
+    @_builtins.property
+    def degraded_endpoints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Endpoints marked DEGRADED because they served this version (forced rejection)."""
 
     def __init__(
         self,
@@ -310,10 +372,12 @@ class ModelVersionRejected(_message.Message):
         actor: _common_pb2.Actor | None = ...,
         reason: _builtins.str = ...,
         reject_time: _timestamp_pb2.Timestamp | None = ...,
+        previous_status: _common_pb2.ApprovalStatus.ValueType = ...,
+        degraded_endpoints: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "reject_time", b"reject_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "model_group", b"model_group", "reason", b"reason", "reject_time", b"reject_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "degraded_endpoints", b"degraded_endpoints", "model_group", b"model_group", "previous_status", b"previous_status", "reason", b"reason", "reject_time", b"reject_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -526,10 +590,16 @@ class EndpointConfigUpdated(_message.Message):
     DATA_CAPTURE_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    ROLLED_BACK_FROM_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
     endpoint: _builtins.str
     """Endpoint name (the model name in the Open Inference Protocol)."""
     config_revision: _builtins.int
     """Configuration revision, increasing by one per change; consumers ignore stale ones."""
+    rolled_back_from: _builtins.int
+    """Revision whose configuration this one restores; 0 if it is not a rollback."""
+    description: _builtins.str
+    """Free-text description of the configuration."""
     @_builtins.property
     def variants(self) -> _containers.RepeatedCompositeFieldContainer[Global___EndpointVariant]:
         """Production variants."""
@@ -560,10 +630,12 @@ class EndpointConfigUpdated(_message.Message):
         data_capture: Global___DataCaptureConfig | None = ...,
         actor: _common_pb2.Actor | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        rolled_back_from: _builtins.int = ...,
+        description: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "data_capture", b"data_capture", "shadow", b"shadow", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "config_revision", b"config_revision", "data_capture", b"data_capture", "endpoint", b"endpoint", "shadow", b"shadow", "update_time", b"update_time", "variants", b"variants"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "config_revision", b"config_revision", "data_capture", b"data_capture", "description", b"description", "endpoint", b"endpoint", "rolled_back_from", b"rolled_back_from", "shadow", b"shadow", "update_time", b"update_time", "variants", b"variants"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -606,3 +678,267 @@ class EndpointDeleted(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EndpointDeleted: _TypeAlias = EndpointDeleted  # noqa: Y015
+
+@_typing.final
+class ModelGroupUpdated(_message.Message):
+    """A model group's description or tags changed; carries the new state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TagsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    MODEL_GROUP_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    model_group: _builtins.str
+    """Model group name."""
+    description: _builtins.str
+    """Description after the change."""
+    @_builtins.property
+    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """All tags after the change."""
+
+    @_builtins.property
+    def actor(self) -> _common_pb2.Actor:
+        """Who changed it."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When it changed."""
+
+    def __init__(
+        self,
+        *,
+        model_group: _builtins.str = ...,
+        description: _builtins.str = ...,
+        tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        actor: _common_pb2.Actor | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "description", b"description", "model_group", b"model_group", "tags", b"tags", "update_time", b"update_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelGroupUpdated: _TypeAlias = ModelGroupUpdated  # noqa: Y015
+
+@_typing.final
+class ModelVersionUpdated(_message.Message):
+    """A model version's metadata changed (description, metrics, tags or model card); carries
+    the new description, metrics and tags (read the model card from the API).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetricsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class TagsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    MODEL_GROUP_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELDS_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    model_group: _builtins.str
+    """Model group of the version."""
+    version: _builtins.int
+    """Version number."""
+    description: _builtins.str
+    """Description after the change."""
+    @_builtins.property
+    def changed_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names of the fields that changed: "description", "metrics", "tags", "model_card"."""
+
+    @_builtins.property
+    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """All metrics after the change."""
+
+    @_builtins.property
+    def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """All tags after the change."""
+
+    @_builtins.property
+    def actor(self) -> _common_pb2.Actor:
+        """Who changed it."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When it changed."""
+
+    def __init__(
+        self,
+        *,
+        model_group: _builtins.str = ...,
+        version: _builtins.int = ...,
+        changed_fields: _abc.Iterable[_builtins.str] | None = ...,
+        description: _builtins.str = ...,
+        metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        actor: _common_pb2.Actor | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "changed_fields", b"changed_fields", "description", b"description", "metrics", b"metrics", "model_group", b"model_group", "tags", b"tags", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelVersionUpdated: _TypeAlias = ModelVersionUpdated  # noqa: Y015
+
+@_typing.final
+class AliasDeleted(_message.Message):
+    """An alias of a model group was removed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_GROUP_FIELD_NUMBER: _builtins.int
+    ALIAS_FIELD_NUMBER: _builtins.int
+    PREVIOUS_VERSION_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    DELETE_TIME_FIELD_NUMBER: _builtins.int
+    model_group: _builtins.str
+    """Model group of the alias."""
+    alias: _builtins.str
+    """Alias name."""
+    previous_version: _builtins.int
+    """Version it pointed at."""
+    reason: _builtins.str
+    """Why, if given."""
+    @_builtins.property
+    def actor(self) -> _common_pb2.Actor:
+        """Who removed it."""
+
+    @_builtins.property
+    def delete_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was removed."""
+
+    def __init__(
+        self,
+        *,
+        model_group: _builtins.str = ...,
+        alias: _builtins.str = ...,
+        previous_version: _builtins.int = ...,
+        actor: _common_pb2.Actor | None = ...,
+        reason: _builtins.str = ...,
+        delete_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "delete_time", b"delete_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "alias", b"alias", "delete_time", b"delete_time", "model_group", b"model_group", "previous_version", b"previous_version", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AliasDeleted: _TypeAlias = AliasDeleted  # noqa: Y015
+
+@_typing.final
+class EndpointDegraded(_message.Message):
+    """An endpoint serves a version that was rejected (with force): it needs a new
+    configuration. The next EndpointConfigUpdated makes it active again.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    CONFIG_REVISION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MODEL_GROUP_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    DEGRADE_TIME_FIELD_NUMBER: _builtins.int
+    endpoint: _builtins.str
+    """Endpoint name."""
+    config_revision: _builtins.int
+    """Revision of the configuration in force, which serves the rejected version."""
+    reason: _builtins.str
+    """Why the endpoint is degraded."""
+    model_group: _builtins.str
+    """Model group of the rejected version."""
+    model_version: _builtins.int
+    """The rejected version."""
+    @_builtins.property
+    def actor(self) -> _common_pb2.Actor:
+        """Who rejected the version."""
+
+    @_builtins.property
+    def degrade_time(self) -> _timestamp_pb2.Timestamp:
+        """When the endpoint was degraded."""
+
+    def __init__(
+        self,
+        *,
+        endpoint: _builtins.str = ...,
+        config_revision: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        model_group: _builtins.str = ...,
+        model_version: _builtins.int = ...,
+        actor: _common_pb2.Actor | None = ...,
+        degrade_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "degrade_time", b"degrade_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "config_revision", b"config_revision", "degrade_time", b"degrade_time", "endpoint", b"endpoint", "model_group", b"model_group", "model_version", b"model_version", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndpointDegraded: _TypeAlias = EndpointDegraded  # noqa: Y015
