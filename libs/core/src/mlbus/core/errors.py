@@ -76,7 +76,55 @@ class DeadlineExceeded(MlbusError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-#: Every error type with its status, for the interceptor and for tests.
+class Cancelled(MlbusError):
+    """The call was cancelled (by the caller, or the server going away mid-call)."""
+
+    code = grpc.StatusCode.CANCELLED
+
+
+class Unknown(MlbusError):
+    """The server failed without saying how (UNKNOWN)."""
+
+    code = grpc.StatusCode.UNKNOWN
+
+
+class Aborted(MlbusError):
+    """The operation was aborted by a concurrent one; retrying may succeed."""
+
+    code = grpc.StatusCode.ABORTED
+
+
+class OutOfRange(MlbusError):
+    """A value was past the valid range (e.g. a page token past the end)."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
+class Unimplemented(MlbusError):
+    """The server does not implement this call (an older or newer server)."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class Internal(MlbusError):
+    """The server hit a bug; its message names a trace or error id to look up in its log."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class DataLoss(MlbusError):
+    """Data was lost or corrupted, e.g. a download whose SHA-256 does not match."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
+class Unauthenticated(MlbusError):
+    """The caller did not prove who it is."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+#: Every error type services raise on purpose, with its status, for the interceptor and tests.
 ERROR_TYPES: tuple[type[MlbusError], ...] = (
     InvalidArgument,
     NotFound,
@@ -86,4 +134,16 @@ ERROR_TYPES: tuple[type[MlbusError], ...] = (
     ResourceExhausted,
     Unavailable,
     DeadlineExceeded,
+)
+
+#: Statuses a service never raises on purpose; clients still map them to a class each.
+OTHER_STATUS_TYPES: tuple[type[MlbusError], ...] = (
+    Cancelled,
+    Unknown,
+    Aborted,
+    OutOfRange,
+    Unimplemented,
+    Internal,
+    DataLoss,
+    Unauthenticated,
 )

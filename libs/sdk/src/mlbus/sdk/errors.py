@@ -2,9 +2,8 @@
 subclass, so callers catch ``NotFound`` or ``FailedPrecondition`` instead of inspecting an
 ``RpcError``.
 
-The subclasses that services raise on purpose live in :mod:`mlbus.core.errors` and are
-re-exported here; the statuses a service never raises on purpose (INTERNAL, UNIMPLEMENTED,
-...) get a class of their own below.
+All classes live in :mod:`mlbus.core.errors` (one per gRPC status) and are re-exported
+here.
 """
 
 from __future__ import annotations
@@ -13,15 +12,24 @@ import grpc
 
 from mlbus.core.errors import (
     ERROR_TYPES,
+    OTHER_STATUS_TYPES,
+    Aborted,
     AlreadyExists,
+    Cancelled,
+    DataLoss,
     DeadlineExceeded,
     FailedPrecondition,
+    Internal,
     InvalidArgument,
     MlbusError,
     NotFound,
+    OutOfRange,
     PermissionDenied,
     ResourceExhausted,
+    Unauthenticated,
     Unavailable,
+    Unimplemented,
+    Unknown,
 )
 from mlbus.core.rpc.interceptors import error_details
 
@@ -49,65 +57,8 @@ __all__ = [
 ]
 
 
-class Cancelled(MlbusError):
-    """The call was cancelled (by the caller, or the server going away mid-call)."""
-
-    code = grpc.StatusCode.CANCELLED
-
-
-class Unknown(MlbusError):
-    """The server failed without saying how (UNKNOWN)."""
-
-    code = grpc.StatusCode.UNKNOWN
-
-
-class Aborted(MlbusError):
-    """The operation was aborted by a concurrent one; retrying may succeed."""
-
-    code = grpc.StatusCode.ABORTED
-
-
-class OutOfRange(MlbusError):
-    """A value was past the valid range (e.g. a page token past the end)."""
-
-    code = grpc.StatusCode.OUT_OF_RANGE
-
-
-class Unimplemented(MlbusError):
-    """The server does not implement this call (an older or newer server)."""
-
-    code = grpc.StatusCode.UNIMPLEMENTED
-
-
-class Internal(MlbusError):
-    """The server hit a bug; its message names a trace or error id to look up in its log."""
-
-    code = grpc.StatusCode.INTERNAL
-
-
-class DataLoss(MlbusError):
-    """Data was lost or corrupted, e.g. a download whose SHA-256 does not match."""
-
-    code = grpc.StatusCode.DATA_LOSS
-
-
-class Unauthenticated(MlbusError):
-    """The caller did not prove who it is."""
-
-    code = grpc.StatusCode.UNAUTHENTICATED
-
-
-#: The classes this module adds to :data:`mlbus.core.errors.ERROR_TYPES`.
-SDK_ERROR_TYPES: tuple[type[MlbusError], ...] = (
-    Cancelled,
-    Unknown,
-    Aborted,
-    OutOfRange,
-    Unimplemented,
-    Internal,
-    DataLoss,
-    Unauthenticated,
-)
+#: The statuses a service never raises on purpose (defined in :mod:`mlbus.core.errors`).
+SDK_ERROR_TYPES = OTHER_STATUS_TYPES
 
 _BY_CODE: dict[grpc.StatusCode, type[MlbusError]] = {
     cls.code: cls for cls in (*ERROR_TYPES, *SDK_ERROR_TYPES)

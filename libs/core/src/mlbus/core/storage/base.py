@@ -27,9 +27,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Protocol, Self, TypeVar
 
-import grpc
-
-from mlbus.core.errors import InvalidArgument, MlbusError, NotFound
+from mlbus.core.errors import DataLoss, InvalidArgument, NotFound
 
 #: What a write accepts: the whole payload, or a stream of chunks of any size.
 Chunks = AsyncIterable[bytes] | bytes
@@ -50,10 +48,8 @@ _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _T = TypeVar("_T")
 
 
-class IntegrityError(MlbusError):
+class IntegrityError(DataLoss):
     """Stored bytes do not match the checksum they were expected to have."""
-
-    code = grpc.StatusCode.DATA_LOSS
 
 
 @dataclass(frozen=True, slots=True)
