@@ -11,6 +11,7 @@ Every default is the embedded setup that ``mlbus up`` and the tests run.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -212,3 +213,29 @@ def settings_table(cls: type[BaseSettings], *, own_only: bool = False) -> str:
         doc = (info.description or "").replace("|", "\\|")
         rows.append(f"| `{_env_name(cls, name)}` | {type_text} | {_default_text(info)} | {doc} |")
     return "\n".join(rows)
+
+
+def shared_env(settings: ServiceSettings) -> dict[str, str]:
+    """The shared sections of ``settings`` as environment variables (``MLBUS_KAFKA_...``),
+    for a child process that must use the same bus, object store, telemetry, logging and
+    gRPC settings as its parent (e.g. the workers the deployment controller starts)."""
+    env: dict[str, str] = {}
+    for section in (
+        settings.kafka,
+        settings.storage,
+        settings.telemetry,
+        settings.log,
+        settings.grpc,
+    ):
+        for name in type(section).model_fields:
+            value: Any = getattr(section, name)
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, (list, dict)):
+                text = json.dumps(value)
+            else:
+                text = str(value)
+            env[_env_name(type(section), name)] = text
+    return env

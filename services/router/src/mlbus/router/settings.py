@@ -21,3 +21,37 @@ class RouterSettings(ServiceSettings):
     """gRPC port; 0 picks a free port (the chosen port is logged)."""
     metrics_port: int = Field(default=9101, ge=0, le=65535)
     """Port of the Prometheus text endpoint; 0 picks a free port."""
+
+    # --- where deployments come from ---------------------------------------------------
+    registry_address: str = "127.0.0.1:50052"
+    """host:port of the registry, whose endpoint list the controller loads at start."""
+    controller_enabled: bool = True
+    """Run the deployment controller (start workers for the registry's endpoints)."""
+    controller_group_id: str = "mlbus-router-controller"
+    """Consumer group of the controller's registry-event consumer; each router replica that runs a controller needs its own."""
+
+    # --- workers (local process backend) -------------------------------------------------
+    worker_command: list[str] = Field(default_factory=list)
+    """Command that starts one inference worker, e.g. `["python","-m","mlbus.inference"]`; empty: this interpreter with `-m mlbus.inference`."""
+    worker_host: str = "127.0.0.1"
+    """Address workers bind to (the router reaches them there)."""
+    worker_env: dict[str, str] = Field(default_factory=dict)
+    """Extra environment for every worker, e.g. `{"INFERENCE_INTRA_OP_THREADS":"2"}`."""
+    worker_ready_timeout_s: float = Field(default=120.0, gt=0)
+    """How long a new worker may take to load and warm its model before it counts as failed."""
+    worker_start_attempts: int = Field(default=3, ge=1, le=20)
+    """Starts of a worker tried before its revision's rollout is abandoned (the old revision keeps serving)."""
+    worker_drain_timeout_s: float = Field(default=30.0, ge=0)
+    """Longest a replaced worker keeps running for its in-flight requests before it is stopped."""
+    worker_stop_grace_s: float = Field(default=10.0, ge=0)
+    """Time between SIGTERM and SIGKILL when a worker is stopped."""
+    worker_restart_backoff_s: float = Field(default=1.0, gt=0)
+    """First delay before restarting a crashed worker again; doubles per quick crash."""
+    worker_restart_backoff_max_s: float = Field(default=30.0, gt=0)
+    """Longest delay between restarts of a crash-looping worker."""
+
+    # --- front door ----------------------------------------------------------------------
+    shadow_max_in_flight: int = Field(default=64, ge=1)
+    """Mirrored requests outstanding at once; more are dropped (counted), never queued."""
+    shadow_timeout_s: float = Field(default=10.0, gt=0)
+    """Deadline of a mirrored request to the shadow variant."""

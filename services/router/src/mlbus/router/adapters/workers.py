@@ -1,0 +1,203 @@
+"""Worker processes (the local process backend) and the gRPC client the router forwards with.
+
+A worker is ``python -m mlbus.inference`` with its ``INFERENCE_*`` settings and the stack's
+shared ``MLBUS_*`` settings in its environment, on a port the backend picks on loopback.
+Its output goes to a log file of its own. Workers die with the router (Linux parent-death
+signal), so a killed router leaves no orphan serving stale models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Final
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mlbus.core.rpc import channel_options
+from mlbus.core.settings import GrpcSettings
+from mlbus.inference.v2 import grpc_service_pb2 as pb
+from mlbus.router.domain.deployment import WorkerSpec
+
+log = logging.getLogger(__name__)
+
+SERVICE: Final = "inference.GRPCInferenceService"
+_INFER: Final = f"/{SERVICE}/ModelInfer"
+_METADATA: Final = f"/{SERVICE}/ModelMetadata"
+_READY: Final = f"/{SERVICE}/ModelReady"
+#: Exit status of a worker whose model could not be loaded (see services/inference).
+EXIT_LOAD_FAILED: Final = 3
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_PR_SET_PDEATHSIG: Final = 1
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: ask the kernel to SIGTERM it when the
+    # router dies, however it dies.
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+class WorkerClient:
+    """Calls one worker: ModelInfer as raw bytes both ways (never decoded here), metadata,
+    readiness and health. The channel has no client interceptors: the router puts the trace
+    context into the metadata itself, which keeps the forwarding hop cheap."""
+
+    def __init__(self, address: str, settings: GrpcSettings) -> None:
+        self.address = address
+        self.channel = grpc.aio.insecure_channel(address, options=channel_options(settings))
+        # No (de)serializers: bytes in, bytes out.
+        self.infer = self.channel.unary_unary(_INFER, None, None)
+        self.metadata = self.channel.unary_unary(
+            _METADATA,
+            request_serializer=pb.ModelMetadataRequest.SerializeToString,
+            response_deserializer=pb.ModelMetadataResponse.FromString,
+        )
+        self.model_ready = self.channel.unary_unary(
+            _READY,
+            request_serializer=pb.ModelReadyRequest.SerializeToString,
+            response_deserializer=pb.ModelReadyResponse.FromString,
+        )
+        self._health = health_pb2_grpc.HealthStub(self.channel)
+
+    async def serving(self, timeout: float = 1.0) -> bool:
+        """True when the worker's health service reports SERVING."""
+        try:
+            response = await self._health.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError:
+            return False
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def close(self) -> None:
+        """Close the channel (in-flight calls are cancelled)."""
+        await self.channel.close(grace=None)
+
+
+class WorkerProcess:
+    """One spawned worker process."""
+
+    def __init__(
+        self,
+        instance_id: str,
+        spec: WorkerSpec,
+        address: str,
+        log_path: Path,
+        process: asyncio.subprocess.Process,
+    ) -> None:
+        self.instance_id = instance_id
+        self.spec = spec
+        self.address = address
+        self.log_path = log_path
+        self._process = process
+        self.started_at = time.monotonic()
+
+    @property
+    def pid(self) -> int:
+        """Process id."""
+        return self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit status once it exited (negative: killed by that signal)."""
+        return self._process.returncode
+
+    async def wait(self) -> int:
+        """Wait for the process to exit; returns its status."""
+        return await self._process.wait()
+
+    async def stop(self, grace_s: float) -> int:
+        """SIGTERM (the worker drains in-flight calls), then SIGKILL after ``grace_s``."""
+        if self._process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.terminate()
+            try:
+                return await asyncio.wait_for(self._process.wait(), grace_s)
+            except TimeoutError:
+                log.warning("worker did not stop in time; killing it", extra=self._log_extra())
+                with contextlib.suppress(ProcessLookupError):
+                    self._process.kill()
+        return await self._process.wait()
+
+    def log_tail(self, lines: int = 5) -> str:
+        """The last lines the worker wrote (for error messages)."""
+        try:
+            with self.log_path.open("rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(fh.tell() - 8192, 0))
+                text = fh.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+    def _log_extra(self) -> dict[str, object]:
+        return {"instance": self.instance_id, "pid": self.pid, "address": self.address}
+
+
+class ProcessBackend:
+    """Starts workers as local processes of the router's machine."""
+
+    def __init__(
+        self,
+        *,
+        command: Sequence[str],
+        base_env: Mapping[str, str],
+        log_dir: Path,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.command = list(command) or [sys.executable, "-m", "mlbus.inference"]
+        self.base_env = dict(base_env)
+        self.log_dir = log_dir
+        self.host = host
+
+    async def spawn(self, spec: WorkerSpec, instance_id: str) -> WorkerProcess:
+        """Start one worker for ``spec``; returns at once (readiness is the caller's)."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        port = _free_port(self.host)
+        env = {
+            **self.base_env,
+            **spec.env(),
+            "INFERENCE_HOST": self.host,
+            "INFERENCE_GRPC_PORT": str(port),
+            "INFERENCE_METRICS_PORT": "0",
+        }
+        log_path = self.log_dir / f"{_SAFE.sub('_', instance_id)}.log"
+        with log_path.open("ab") as log_file:
+            process = await asyncio.create_subprocess_exec(
+                *self.command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            )
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        worker = WorkerProcess(instance_id, spec, f"{host}:{port}", log_path, process)
+        log.info(
+            "worker started",
+            extra={
+                "instance": instance_id,
+                "pid": process.pid,
+                "address": worker.address,
+                "log_file": str(log_path),
+            },
+        )
+        return worker

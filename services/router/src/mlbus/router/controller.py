@@ -1,0 +1,546 @@
+"""The deployment controller: reconciles running worker processes to endpoint plans.
+
+One reconcile loop per endpoint applies the newest plan it was given (stale revisions are
+ignored, so events may arrive twice or out of order). An update is blue/green:
+
+1. workers whose spec is unchanged are kept (a weight change restarts nothing); the others
+   are started and must answer health SERVING (model loaded and warmed) — a worker that
+   exits or stays unready is retried ``worker_start_attempts`` times, and if the new
+   revision cannot come up the old one keeps serving;
+2. the endpoint's route is replaced in one assignment, so each request sees either the old
+   or the new configuration;
+3. workers no longer routed drain: they take no new requests, and are stopped (SIGTERM,
+   then SIGKILL after a grace) once their outstanding requests reached zero or the drain
+   timeout passed.
+
+A worker that exits while serving leaves its pool at once (the front door then routes to
+the others, retrying once on UNAVAILABLE) and is replaced with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from mlbus.core.settings import GrpcSettings
+from mlbus.router.adapters.workers import EXIT_LOAD_FAILED, WorkerClient, WorkerProcess
+from mlbus.router.domain.deployment import EndpointPlan, VariantPlan, WorkerSpec
+from mlbus.router.domain.routing import Instance, Route, RoutingTable, VariantPool
+from mlbus.router.metrics import RouterMetrics
+
+log = logging.getLogger(__name__)
+
+
+class WorkerBackend(Protocol):
+    """Starts worker processes (the local process backend; a Kubernetes one later)."""
+
+    async def spawn(self, spec: WorkerSpec, instance_id: str) -> WorkerProcess:
+        """Start one worker for ``spec``."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerSettings:
+    """Timings of the controller (from RouterSettings)."""
+
+    ready_timeout_s: float = 120.0
+    start_attempts: int = 3
+    drain_timeout_s: float = 30.0
+    stop_grace_s: float = 10.0
+    restart_backoff_s: float = 1.0
+    restart_backoff_max_s: float = 30.0
+
+
+class WorkerState(StrEnum):
+    """Where a managed worker is in its life."""
+
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+@dataclass(eq=False)
+class ManagedWorker:
+    """A worker the controller runs, with its routing instance."""
+
+    id: str
+    spec: WorkerSpec
+    state: WorkerState = WorkerState.STARTING
+    process: WorkerProcess | None = None
+    instance: Instance | None = None
+    pool: VariantPool | None = None
+    restarts: int = 0
+    error: str = ""
+    watcher: asyncio.Task[None] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able view for status output."""
+        return {
+            "id": self.id,
+            "variant": self.spec.variant,
+            "model_group": self.spec.model_group,
+            "model_version": self.spec.model_version,
+            "shadow": self.spec.shadow,
+            "state": self.state.value,
+            "address": self.instance.address if self.instance else "",
+            "pid": self.process.pid if self.process else 0,
+            "outstanding": self.instance.outstanding if self.instance else 0,
+            "restarts": self.restarts,
+            "error": self.error,
+        }
+
+
+@dataclass(eq=False)
+class _Endpoint:
+    name: str
+    desired: EndpointPlan | None = None
+    #: Highest revision seen (plans or deletion); older ones are stale.
+    revision: int = 0
+    deleted: bool = False
+    applied: EndpointPlan | None = None
+    workers: list[ManagedWorker] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    status: str = "pending"
+    error: str = ""
+
+
+class DeploymentController:
+    """Runs the workers of every endpoint and keeps the routing table pointing at them."""
+
+    def __init__(
+        self,
+        table: RoutingTable,
+        backend: WorkerBackend,
+        *,
+        grpc_settings: GrpcSettings,
+        settings: ControllerSettings,
+        metrics: RouterMetrics,
+        client_factory: Callable[[str, GrpcSettings], WorkerClient] = WorkerClient,
+    ) -> None:
+        self.table = table
+        self.backend = backend
+        self.grpc_settings = grpc_settings
+        self.settings = settings
+        self.metrics = metrics
+        self._client_factory = client_factory
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._serial = itertools.count(1)
+        self._background: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+        self._changed = asyncio.Condition()
+
+    # --- inputs ----------------------------------------------------------------------
+
+    def submit(self, plan: EndpointPlan) -> bool:
+        """Ask for ``plan``; False (ignored) when an equal or newer revision was seen."""
+        state = self._state(plan.endpoint)
+        if plan.revision <= state.revision:
+            return False
+        state.revision = plan.revision
+        state.desired = plan
+        state.deleted = False
+        self._wake(state)
+        return True
+
+    def delete(self, endpoint: str, revision: int) -> bool:
+        """Stop serving ``endpoint`` (its workers drain); ignored when stale."""
+        state = self._state(endpoint)
+        if revision < state.revision:
+            return False
+        state.revision = revision
+        state.desired = None
+        state.deleted = True
+        self._wake(state)
+        return True
+
+    def degrade(
+        self, endpoint: str, revision: int, model_group: str, model_version: int, reason: str
+    ) -> bool:
+        """Stop serving a rejected version on ``endpoint`` (same revision, fewer variants)."""
+        state = self._endpoints.get(endpoint)
+        if state is None or state.desired is None or state.desired.revision != revision:
+            return False
+        plan = state.desired.without_version(model_group, model_version, reason)
+        if plan == state.desired:
+            return False
+        state.desired = plan
+        self._wake(state)
+        return True
+
+    # --- status ----------------------------------------------------------------------
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every endpoint's revision, status and workers (JSON-able)."""
+        out = []
+        for name in sorted(self._endpoints):
+            state = self._endpoints[name]
+            out.append(
+                {
+                    "endpoint": name,
+                    "desired_revision": state.desired.revision if state.desired else 0,
+                    "applied_revision": state.applied.revision if state.applied else 0,
+                    "deleted": state.deleted,
+                    "status": state.status,
+                    "error": state.error,
+                    "workers": [w.describe() for w in state.workers],
+                }
+            )
+        return out
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``predicate()`` holds after some controller change (for tests, CLIs)."""
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(predicate), timeout)
+            except TimeoutError:
+                return False
+        return True
+
+    def applied_revision(self, endpoint: str) -> int:
+        """Revision now routed for ``endpoint`` (0 if none)."""
+        state = self._endpoints.get(endpoint)
+        return state.applied.revision if state and state.applied else 0
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Stop every reconcile loop and worker (router shutdown)."""
+        self._stopping = True
+        tasks = [s.task for s in self._endpoints.values() if s.task is not None]
+        tasks += list(self._background)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        workers = [w for s in self._endpoints.values() for w in s.workers]
+        for state in self._endpoints.values():
+            self.table.remove(state.name)
+        await asyncio.gather(*(self._stop_worker(w) for w in workers), return_exceptions=True)
+
+    # --- internals -------------------------------------------------------------------
+
+    def _state(self, endpoint: str) -> _Endpoint:
+        state = self._endpoints.get(endpoint)
+        if state is None:
+            state = self._endpoints[endpoint] = _Endpoint(endpoint)
+        return state
+
+    def _wake(self, state: _Endpoint) -> None:
+        if self._stopping:
+            return
+        state.wake.set()
+        if state.task is None or state.task.done():
+            state.task = asyncio.create_task(self._loop(state), name=f"reconcile-{state.name}")
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _spawn_task(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _loop(self, state: _Endpoint) -> None:
+        while not self._stopping:
+            await state.wake.wait()
+            state.wake.clear()
+            try:
+                if state.deleted:
+                    await self._teardown(state)
+                elif state.desired is not None and state.desired is not state.applied:
+                    await self._rollout(state, state.desired)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                state.status = "failed"
+                state.error = f"reconcile failed: {exc}"
+                log.exception("reconcile failed", extra={"endpoint": state.name})
+            await self._notify()
+
+    async def _rollout(self, state: _Endpoint, plan: EndpointPlan) -> None:
+        state.status = "deploying"
+        log.info("deploying", extra={"endpoint": plan.endpoint, "revision": plan.revision})
+        started = time.monotonic()
+        # Only READY workers are reused: a STARTING one belongs to a replacement in flight,
+        # which drains itself when its pool is no longer routed.
+        by_spec: dict[WorkerSpec, list[ManagedWorker]] = {}
+        for w in state.workers:
+            if w.state is WorkerState.READY:
+                by_spec.setdefault(w.spec, []).append(w)
+        assigned: list[tuple[VariantPlan, list[ManagedWorker]]] = []
+        new: list[ManagedWorker] = []
+        for vp in plan.all_variants():
+            reuse = by_spec.get(vp.spec, [])
+            workers = [reuse.pop(0) for _ in range(min(len(reuse), vp.instances_wanted))]
+            while len(workers) < vp.instances_wanted:
+                worker = ManagedWorker(id=self._new_id(vp.spec), spec=vp.spec)
+                state.workers.append(worker)
+                new.append(worker)
+                workers.append(worker)
+            assigned.append((vp, workers))
+        kept = {w for _, ws in assigned for w in ws}
+        results = await asyncio.gather(*(self._bring_up(state, w) for w in new))
+        pending = [w for _, ws in assigned for w in ws if w.state is not WorkerState.READY]
+        if not all(results) or pending:
+            if state.desired is plan:
+                failed = [w for w in new if w.state is not WorkerState.READY]
+                reasons = "; ".join(f"{w.id}: {w.error}" for w in failed if w.error)
+                state.status = "failed" if state.applied is None else "serving (update failed)"
+                state.error = f"revision {plan.revision} did not come up: {reasons or 'not ready'}"
+                log.error(
+                    "deployment failed; the previous revision keeps serving",
+                    extra={
+                        "endpoint": plan.endpoint,
+                        "revision": plan.revision,
+                        "error": state.error,
+                    },
+                )
+                self.metrics.deployment_failed(plan.endpoint)
+            for w in new:
+                self._spawn_task(self._drain(state, w), f"drain-{w.id}")
+            return
+        pools: list[VariantPool] = []
+        for vp, workers in assigned:
+            pool = VariantPool(
+                name=vp.name,
+                model_group=vp.spec.model_group,
+                model_version=vp.spec.model_version,
+                weight=vp.weight,
+                max_concurrency=vp.spec.max_concurrency,
+            )
+            for w in workers:
+                w.pool = pool
+                assert w.instance is not None
+                pool.instances.append(w.instance)
+            pools.append(pool)
+        shadow = pools.pop() if plan.shadow is not None else None
+        route = Route(
+            endpoint=plan.endpoint,
+            revision=plan.revision,
+            variants=tuple(pools),
+            shadow=shadow,
+            shadow_percent=plan.shadow_percent,
+            blocked_reason=plan.blocked_reason,
+        )
+        self.table.set(route)
+        state.applied = plan
+        state.status = "blocked" if plan.blocked_reason else "serving"
+        state.error = plan.blocked_reason
+        log.info(
+            "endpoint serving",
+            extra={
+                "endpoint": plan.endpoint,
+                "revision": plan.revision,
+                "variants": route.variant_names(),
+                "started_workers": len(new),
+                "kept_workers": len(kept) - len(new),
+                "duration_s": round(time.monotonic() - started, 3),
+            },
+        )
+        for w in list(state.workers):
+            if w not in kept and w.state in (WorkerState.STARTING, WorkerState.READY):
+                self._spawn_task(self._drain(state, w), f"drain-{w.id}")
+        self._update_gauges()
+
+    async def _teardown(self, state: _Endpoint) -> None:
+        self.table.remove(state.name)
+        state.applied = None
+        state.status = "deleted"
+        log.info("endpoint deleted; draining its workers", extra={"endpoint": state.name})
+        await asyncio.gather(*(self._drain(state, w) for w in list(state.workers)))
+        self._update_gauges()
+
+    def _new_id(self, spec: WorkerSpec) -> str:
+        return f"{spec.endpoint}/{spec.variant}/{next(self._serial)}"
+
+    async def _bring_up(self, state: _Endpoint, worker: ManagedWorker) -> bool:
+        """Start ``worker`` until it is SERVING, up to ``start_attempts`` times."""
+        cfg = self.settings
+        for attempt in range(1, cfg.start_attempts + 1):
+            if self._stopping or worker.state is WorkerState.DRAINING:
+                return False
+            worker.state = WorkerState.STARTING
+            try:
+                process = await self.backend.spawn(worker.spec, worker.id)
+            except OSError as exc:
+                worker.error = f"cannot start: {exc}"
+                log.error("worker spawn failed", extra={"instance": worker.id, "error": str(exc)})
+                await asyncio.sleep(cfg.restart_backoff_s)
+                continue
+            worker.process = process
+            client = self._client_factory(process.address, self.grpc_settings)
+            if await self._wait_ready(process, client):
+                worker.instance = Instance(id=worker.id, address=process.address, client=client)
+                worker.state = WorkerState.READY
+                worker.error = ""
+                worker.watcher = asyncio.create_task(
+                    self._watch(state, worker), name=f"watch-{worker.id}"
+                )
+                log.info(
+                    "worker ready",
+                    extra={
+                        "instance": worker.id,
+                        "pid": process.pid,
+                        "address": process.address,
+                        "startup_s": round(time.monotonic() - process.started_at, 3),
+                    },
+                )
+                return True
+            await client.close()
+            code = process.returncode
+            if code is None:
+                worker.error = f"not SERVING within {cfg.ready_timeout_s:.0f}s"
+                await process.stop(cfg.stop_grace_s)
+            else:
+                kind = (
+                    "model load failed"
+                    if code == EXIT_LOAD_FAILED
+                    else f"exited with status {code}"
+                )
+                worker.error = f"{kind}: {process.log_tail(3)}"
+            log.error(
+                "worker did not become ready",
+                extra={
+                    "instance": worker.id,
+                    "attempt": attempt,
+                    "error": worker.error,
+                    "log_file": str(process.log_path),
+                },
+            )
+            if attempt < cfg.start_attempts:
+                await asyncio.sleep(cfg.restart_backoff_s * 2 ** (attempt - 1))
+        worker.state = WorkerState.FAILED
+        return False
+
+    async def _wait_ready(self, process: WorkerProcess, client: WorkerClient) -> bool:
+        deadline = time.monotonic() + self.settings.ready_timeout_s
+        delay = 0.02
+        while time.monotonic() < deadline and not self._stopping:
+            if process.returncode is not None:
+                return False
+            if await client.serving(timeout=1.0):
+                # Connect the forwarding channel now, not on the first routed request.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(client.channel.channel_ready(), 5.0)
+                return process.returncode is None
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.25)
+        return False
+
+    async def _watch(self, state: _Endpoint, worker: ManagedWorker) -> None:
+        assert worker.process is not None
+        code = await worker.process.wait()
+        if worker.state is not WorkerState.READY or self._stopping:
+            return
+        lived = time.monotonic() - worker.process.started_at
+        worker.state = WorkerState.FAILED
+        worker.error = f"exited with status {code} while serving"
+        pool = worker.pool
+        if worker.instance is not None:
+            worker.instance.healthy = False
+            if pool is not None and worker.instance in pool.instances:
+                pool.instances.remove(worker.instance)
+            self._spawn_task(worker.instance.client.close(), f"close-{worker.id}")
+        log.warning(
+            "worker exited while serving; replacing it",
+            extra={
+                "instance": worker.id,
+                "exit_status": code,
+                "lived_s": round(lived, 1),
+                "log_tail": worker.process.log_tail(3),
+            },
+        )
+        self.metrics.worker_restarted(worker.spec.endpoint, worker.spec.variant)
+        restarts = 0 if lived > 60 else worker.restarts + 1
+        if worker in state.workers:
+            state.workers.remove(worker)
+        self._update_gauges()
+        await self._notify()
+        self._spawn_task(self._replace(state, worker, pool, restarts), f"replace-{worker.id}")
+
+    async def _replace(
+        self, state: _Endpoint, old: ManagedWorker, pool: VariantPool | None, restarts: int
+    ) -> None:
+        cfg = self.settings
+        delay = min(cfg.restart_backoff_s * 2 ** max(restarts - 1, 0), cfg.restart_backoff_max_s)
+        if restarts > 1:
+            await asyncio.sleep(delay)
+        if not self._pool_is_live(state, pool):
+            return
+        worker = ManagedWorker(id=self._new_id(old.spec), spec=old.spec, restarts=restarts)
+        state.workers.append(worker)
+        if await self._bring_up(state, worker) and self._pool_is_live(state, pool):
+            assert pool is not None
+            assert worker.instance is not None
+            worker.pool = pool
+            pool.instances.append(worker.instance)
+            log.info("worker replaced", extra={"instance": worker.id, "replaces": old.id})
+        else:
+            await self._drain(state, worker)
+            if self._pool_is_live(state, pool):
+                # Keep trying with backoff: a variant must not stay short of workers.
+                self._spawn_task(
+                    self._replace(state, worker, pool, restarts + 1), f"replace-{worker.id}"
+                )
+        self._update_gauges()
+        await self._notify()
+
+    def _pool_is_live(self, state: _Endpoint, pool: VariantPool | None) -> bool:
+        route = self.table.find(state.name)
+        return (
+            not self._stopping
+            and pool is not None
+            and route is not None
+            and any(p is pool for p in route.pools())
+        )
+
+    async def _drain(self, state: _Endpoint, worker: ManagedWorker) -> None:
+        if worker.state in (WorkerState.DRAINING, WorkerState.STOPPED):
+            return
+        worker.state = WorkerState.DRAINING
+        inst = worker.instance
+        if inst is not None:
+            inst.healthy = False
+            if worker.pool is not None and inst in worker.pool.instances:
+                worker.pool.instances.remove(inst)
+            deadline = time.monotonic() + self.settings.drain_timeout_s
+            # outstanding is a plain counter the hot path bumps; polling it here keeps the
+            # request path free of per-call event bookkeeping.
+            while inst.outstanding > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        await self._stop_worker(worker)
+        if worker in state.workers:
+            state.workers.remove(worker)
+        self._update_gauges()
+        await self._notify()
+
+    async def _stop_worker(self, worker: ManagedWorker) -> None:
+        worker.state = WorkerState.STOPPED
+        if worker.watcher is not None and not worker.watcher.done():
+            worker.watcher.cancel()
+        if worker.instance is not None:
+            with contextlib.suppress(Exception):
+                await worker.instance.client.close()
+        if worker.process is not None:
+            code = await worker.process.stop(self.settings.stop_grace_s)
+            log.info("worker stopped", extra={"instance": worker.id, "exit_status": code})
+
+    def _update_gauges(self) -> None:
+        counts: dict[tuple[str, str], int] = {}
+        for state in self._endpoints.values():
+            for w in state.workers:
+                key = (state.name, w.spec.variant)
+                counts[key] = counts.get(key, 0) + (w.state is WorkerState.READY)
+        self.metrics.set_ready_workers(counts)
