@@ -111,7 +111,7 @@ def test_outputs_decode_raw_and_typed_alike() -> None:
     for raw in (True, False):
         out = decode_outputs(_response(raw, y, [b"a", b"bc"]))
         assert np.array_equal(out["y"], y)  # type: ignore[arg-type]
-        assert out["label"] == [b"a", b"bc"]
+        assert out["label"].tolist() == [b"a", b"bc"]
 
 
 def test_max_abs_diff() -> None:

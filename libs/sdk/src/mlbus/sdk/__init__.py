@@ -1,1 +1,19 @@
-"""mlbus Python SDK and CLI."""
+"""mlbus Python SDK and CLI.
+
+``from mlbus.sdk import Predictor`` for real-time predictions; the registry clients live in
+:mod:`mlbus.sdk.registry`. (Imported lazily, so the CLI does not load numpy until needed.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["ModelInfo", "Prediction", "Predictor", "TensorInfo"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from mlbus.sdk import predictor
+
+        return getattr(predictor, name)
+    raise AttributeError(f"module 'mlbus.sdk' has no attribute {name!r}")

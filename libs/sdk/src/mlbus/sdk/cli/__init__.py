@@ -7,6 +7,7 @@ import click
 from mlbus.sdk.cli.endpoints import endpoints
 from mlbus.sdk.cli.local import broker, down, health, status, up
 from mlbus.sdk.cli.models import models
+from mlbus.sdk.cli.predict import predict
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,7 +16,7 @@ def cli() -> None:
     """mlbus: deploy, run and govern models on your own machines."""
 
 
-for command in (broker, up, status, down, health, models, endpoints):
+for command in (broker, up, status, down, health, models, endpoints, predict):
     cli.add_command(command)
 
 
