@@ -129,7 +129,7 @@ async def test_predictor_feeds_one_input_per_frame_column(stack: Any, endpoint_n
 
     by_frame, by_mapping = await asyncio.to_thread(run)
     np.testing.assert_allclose(by_frame["s"], [1.5, 3.5])
-    assert by_frame["echo"].tolist() == ["x".encode(), "héllo".encode()]
+    assert by_frame["echo"].tolist() == [b"x", "héllo".encode()]
     np.testing.assert_allclose(by_mapping["s"], [3.0])
 
 
@@ -145,7 +145,14 @@ async def test_mlbus_predict_cli(stack: Any, endpoint_name: str, tmp_path: Path)
         "f1,f2,f3,f4\n" + "\n".join(",".join(map(str, r)) for r in rows)
     )
     v2_body = {
-        "inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": sum(rows, [])}]
+        "inputs": [
+            {
+                "name": "x",
+                "shape": [2, 4],
+                "datatype": "FP32",
+                "data": [v for row in rows for v in row],
+            }
+        ]
     }
     (tmp_path / "v2.json").write_text(json.dumps(v2_body))
     runner = CliRunner()
