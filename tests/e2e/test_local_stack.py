@@ -127,3 +127,77 @@ def test_foreground_reports_a_dead_service_and_ctrl_c_stops_everything(tmp_path:
     assert "stopped" in out
     wait_until(lambda: not any(pid_alive(p) for p in pids), 20, "all processes to exit")
     assert not (home / "stack.json").exists()
+
+
+def test_register_approve_deploy_and_predict_on_the_local_stack(tmp_path: Path) -> None:
+    """What a user does first: models register/approve, endpoints create, predict — the
+    router's controller starts the worker, `mlbus down` stops it too."""
+    from mlbus.testing.onnx_models import sklearn_classifier
+
+    home = tmp_path / "stack"
+    model = tmp_path / "model.onnx"
+    model.write_bytes(sklearn_classifier(4))
+    started = mlbus("up", "--detach", "--free-ports", home=home)
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        rows = {row["service"]: row for row in status(home)["services"]}
+        env = {
+            **os.environ,
+            "MLBUS_REGISTRY": rows["registry"]["grpc"],
+            "MLBUS_ROUTER": rows["router"]["grpc"],
+            "COLUMNS": "200",
+        }
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [MLBUS, *args], capture_output=True, text=True, timeout=60, env=env
+            )
+
+        steps = [
+            run(
+                "models",
+                "register",
+                str(model),
+                "--group",
+                "churn",
+                "--create-group",
+                "--actor",
+                "bob",
+            ),
+            run("models", "approve", "churn", "1", "--actor", "alice", "--reason", "holdout ok"),
+            run(
+                "endpoints", "create", "churn-prod", "--variant", "name=blue,group=churn,version=1"
+            ),
+        ]
+        for step in steps:
+            assert step.returncode == 0, step.stdout + step.stderr
+
+        result: dict[str, Any] = {}
+
+        def predicted() -> bool:
+            out = run("predict", "churn-prod", "--data", "[[0.1, 0.2, 0.3, 0.4]]", "--json")
+            if out.returncode == 0:
+                result.update(json.loads(out.stdout))
+                return True
+            # 9 = UNAVAILABLE while the worker starts; anything else is a failure.
+            assert out.returncode == 9, out.stdout + out.stderr
+            assert "is being deployed" in out.stderr
+            return False
+
+        wait_until(predicted, 90, "the endpoint to serve")
+        assert result["variant"] == "blue"
+        assert result["model_version"] == "1"
+        outputs = {o["name"]: o for o in result["outputs"]}
+        assert outputs["probabilities"]["shape"] == [1, 2]
+        assert abs(sum(outputs["probabilities"]["data"]) - 1.0) < 1e-5
+        router_log = Path(rows["router"]["log"]).read_text()
+        pid = next(
+            json.loads(x)["pid"]
+            for x in router_log.splitlines()
+            if x.startswith("{") and json.loads(x)["message"] == "worker ready"
+        )
+        assert pid_alive(pid)
+    finally:
+        stopped = mlbus("down", home=home)
+    assert stopped.returncode == 0, stopped.stderr
+    wait_until(lambda: not pid_alive(pid), 20, "the worker to exit with the stack")

@@ -131,3 +131,19 @@ def test_table_names_deployed_endpoints_when_one_is_missing() -> None:
         table.get("nope")
     assert table.remove("churn") is not None
     assert table.endpoints() == ["fraud"]
+
+
+def test_endpoint_being_deployed_is_unavailable_not_missing() -> None:
+    table = RoutingTable()
+    table.mark_pending("churn", "revision 1 is being deployed")
+    with pytest.raises(
+        Unavailable, match="'churn' is not serving yet: revision 1 is being deployed"
+    ):
+        table.get("churn")
+    table.set(Route("churn", 1, (pool("blue"),)))
+    assert table.get("churn").revision == 1
+    table.mark_pending("churn", "revision 2 is being deployed")
+    assert table.get("churn").revision == 1  # an update keeps serving the old route
+    table.remove("churn")
+    with pytest.raises(NotFound):
+        table.get("churn")

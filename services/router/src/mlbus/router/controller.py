@@ -271,6 +271,10 @@ class DeploymentController:
 
     async def _rollout(self, state: _Endpoint, plan: EndpointPlan) -> None:
         state.status = "deploying"
+        self.table.mark_pending(
+            plan.endpoint,
+            f"revision {plan.revision} is being deployed (workers starting); retry shortly",
+        )
         log.info("deploying", extra={"endpoint": plan.endpoint, "revision": plan.revision})
         started = time.monotonic()
         # Only READY workers are reused: a STARTING one belongs to a replacement in flight,
@@ -308,6 +312,7 @@ class DeploymentController:
                     },
                 )
                 self.metrics.deployment_failed(plan.endpoint)
+                self.table.mark_pending(plan.endpoint, state.error)
             for w in new:
                 self._spawn_task(self._drain(state, w), f"drain-{w.id}")
             return

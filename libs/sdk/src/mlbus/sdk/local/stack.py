@@ -205,6 +205,7 @@ class LocalStack:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.state: StackState | None = None
         self.reported_dead: set[str] = set()
+        self._ports: dict[str, tuple[int, int]] = {}
 
     # --- start ----------------------------------------------------------------------
 
@@ -224,6 +225,9 @@ class LocalStack:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        registry = self._ports.get("registry")
+        if spec.name == "router" and registry is not None:
+            env.setdefault("ROUTER_REGISTRY_ADDRESS", f"127.0.0.1:{registry[0]}")
         return env
 
     def _ports_for(self, spec: ServiceSpec) -> tuple[int, int]:
@@ -264,6 +268,9 @@ class LocalStack:
         self.state.save()
         try:
             self._create_topics()
+            # Every port is chosen before any service starts, so each service can be told
+            # where the others are (the router's controller reads the registry).
+            self._ports = {spec.name: self._ports_for(spec) for spec in self.specs}
             for spec in self.specs:
                 self._spawn(spec)
             self.state.save()
@@ -287,7 +294,7 @@ class LocalStack:
 
     def _spawn(self, spec: ServiceSpec) -> None:
         assert self.state is not None
-        grpc_port, metrics_port = self._ports_for(spec)
+        grpc_port, metrics_port = self._ports.get(spec.name) or self._ports_for(spec)
         log_path = self.logs / f"{spec.name}.log"
         with open(log_path, "ab") as log_file:
             process = subprocess.Popen(

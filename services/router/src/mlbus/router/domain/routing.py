@@ -189,11 +189,17 @@ class RoutingTable:
 
     def __init__(self) -> None:
         self._routes: dict[str, Route] = {}
+        #: Endpoints known but not routed yet (first deployment in progress, or failed).
+        self._pending: dict[str, str] = {}
 
     def get(self, endpoint: str) -> Route:
-        """The route of ``endpoint``; NOT_FOUND naming the known endpoints otherwise."""
+        """The route of ``endpoint``; UNAVAILABLE while it is first being deployed,
+        NOT_FOUND naming the known endpoints otherwise."""
         route = self._routes.get(endpoint)
         if route is None:
+            pending = self._pending.get(endpoint)
+            if pending is not None:
+                raise Unavailable(f"endpoint {endpoint!r} is not serving yet: {pending}")
             known = ", ".join(sorted(self._routes)) or "(none deployed)"
             raise NotFound(
                 f"endpoint {endpoint!r} is not deployed on this router; deployed: {known}"
@@ -207,9 +213,16 @@ class RoutingTable:
     def set(self, route: Route) -> None:
         """Make ``route`` the endpoint's route (one assignment: requests see old or new)."""
         self._routes[route.endpoint] = route
+        self._pending.pop(route.endpoint, None)
+
+    def mark_pending(self, endpoint: str, reason: str) -> None:
+        """``endpoint`` has no route yet; requests get UNAVAILABLE with ``reason``."""
+        if endpoint not in self._routes:
+            self._pending[endpoint] = reason
 
     def remove(self, endpoint: str) -> Route | None:
         """Stop routing to ``endpoint``; returns the route it had."""
+        self._pending.pop(endpoint, None)
         return self._routes.pop(endpoint, None)
 
     def endpoints(self) -> list[str]:
