@@ -171,17 +171,21 @@ class Worker:
         return None
 
     def counters(self) -> dict[str, float]:
-        """Session runs and OK requests so far, from the worker's Prometheus endpoint."""
+        """Session runs (all, inline) and OK requests so far, from the worker's Prometheus
+        endpoint."""
         port = self.metrics_port()
         if port is None:
             return {}
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
             text = reply.read().decode()
-        totals: dict[str, float] = {"runs": 0.0, "requests": 0.0}
-        # Histogram counts: rows per run counts runs; request duration counts requests.
+        totals: dict[str, float] = {"runs": 0.0, "inline_runs": 0.0, "requests": 0.0}
+        # Session runs by where they ran; the request-duration histogram counts requests.
         for line in text.splitlines():
-            if line.startswith("mlbus_inference_batch_size_count"):
-                totals["runs"] += float(line.rsplit(" ", 1)[1])
+            if line.startswith("mlbus_inference_session_runs_total"):
+                value = float(line.rsplit(" ", 1)[1])
+                totals["runs"] += value
+                if 'mlbus_inference_run="inline"' in line:
+                    totals["inline_runs"] += value
             elif line.startswith("mlbus_inference_request_duration_seconds_count") and (
                 'rpc_grpc_status="OK"' in line
             ):
@@ -198,8 +202,18 @@ class Worker:
                 self.proc.wait(10)
 
 
+#: Reconnect quickly while the worker is not listening yet: with gRPC's default backoff
+#: (1 s, then ×1.6) a probe would see readiness up to seconds after it happened, and the
+#: cold start would measure the probe's backoff instead of the worker.
+PROBE_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 10),
+    ("grpc.min_reconnect_backoff_ms", 10),
+    ("grpc.max_reconnect_backoff_ms", 20),
+]
+
+
 async def wait_serving(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=PROBE_OPTIONS) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -4,34 +4,41 @@ One call, :func:`setup_telemetry`, in a service's ``main()`` installs the tracer
 providers. Library code only uses the OpenTelemetry API (``trace.get_tracer``,
 ``metrics.get_meter``) and the carriers below, so it works the same whether telemetry is
 configured or not.
+
+With no traces exporter (``MLBUS_TELEMETRY_TRACES_EXPORTER=none``, the default) nothing
+would ever read a recorded span, so none is recorded: a :class:`PropagatingTracerProvider`
+gives every span a fresh id inside the caller's trace (or a new trace, sampled per
+``sample_ratio``), so log lines still carry trace ids and outgoing calls and events still
+carry the caller's ``traceparent``, at a fraction of the SDK's per-span cost. The SDK
+modules are imported only when they are used, which keeps them out of a service's start-up
+when it does not export.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.propagators.textmap import Getter, Setter
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import (
-    ConsoleMetricExporter,
-    MetricReader,
-    PeriodicExportingMetricReader,
-)
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
 from mlbus.core.settings import TelemetrySettings
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import MetricReader
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import SpanProcessor
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +53,8 @@ class Telemetry:
     """What :func:`setup_telemetry` installed; keep it to shut down cleanly."""
 
     service_name: str
-    tracer_provider: TracerProvider
+    tracer_provider: trace.TracerProvider
+    """An SDK ``TracerProvider`` when spans are exported, else a :class:`PropagatingTracerProvider`."""
     meter_provider: MeterProvider | None
     metrics_port: int | None = None
     _metrics_server: Any = field(default=None, repr=False)
@@ -54,8 +62,10 @@ class Telemetry:
     def shutdown(self) -> None:
         """Flush and stop exporters and the metrics endpoint."""
         try:
-            self.tracer_provider.force_flush()
-            self.tracer_provider.shutdown()
+            flush = getattr(self.tracer_provider, "force_flush", None)
+            if flush is not None:
+                flush()
+                self.tracer_provider.shutdown()  # type: ignore[attr-defined]
         finally:
             if self.meter_provider is not None:
                 self.meter_provider.shutdown()
@@ -73,6 +83,8 @@ def _package_version() -> str:
 
 def build_resource(service_name: str) -> Resource:
     """Resource attributes for a service; ``OTEL_RESOURCE_ATTRIBUTES`` is merged in by the SDK."""
+    from opentelemetry.sdk.resources import Resource
+
     return Resource.create(
         {
             "service.name": os.environ.get("OTEL_SERVICE_NAME", service_name),
@@ -84,6 +96,10 @@ def build_resource(service_name: str) -> Resource:
 
 
 def _span_processor(exporter: str) -> SpanProcessor | None:
+    if exporter == "none":
+        return None
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
     if exporter == "console":
         return BatchSpanProcessor(ConsoleSpanExporter())
     if exporter == "otlp":
@@ -98,6 +114,13 @@ def _metric_reader(exporter: str) -> MetricReader | None:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
 
         return PrometheusMetricReader()
+    if exporter == "none":
+        return None
+    from opentelemetry.sdk.metrics.export import (
+        ConsoleMetricExporter,
+        PeriodicExportingMetricReader,
+    )
+
     if exporter == "console":
         return PeriodicExportingMetricReader(ConsoleMetricExporter(), export_interval_millis=60000)
     if exporter == "otlp":
@@ -105,6 +128,84 @@ def _metric_reader(exporter: str) -> MetricReader | None:
 
         return PeriodicExportingMetricReader(OTLPMetricExporter())
     return None
+
+
+# --- spans that propagate without recording ---------------------------------------------
+
+_TRACE_ID_LOW = (1 << 64) - 1
+
+
+class _PropagatingTracer(trace.Tracer):
+    """Gives each span a fresh span id inside the parent's trace (same flags and state),
+    or a new trace sampled per ``sample_ratio`` (the rule of the SDK's TraceIdRatioBased);
+    records nothing."""
+
+    def __init__(self, sample_ratio: float) -> None:
+        self._bound = round(sample_ratio * (1 << 64))
+
+    def start_span(
+        self,
+        name: str,
+        context: otel_context.Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Any = None,
+        links: Any = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> trace.Span:
+        parent = trace.get_current_span(context).get_span_context()
+        span_id = random.getrandbits(64) or 1
+        if parent.is_valid:
+            return NonRecordingSpan(
+                SpanContext(
+                    parent.trace_id,
+                    span_id,
+                    is_remote=False,
+                    trace_flags=parent.trace_flags,
+                    trace_state=parent.trace_state,
+                )
+            )
+        trace_id = random.getrandbits(128) or 1
+        sampled = (trace_id & _TRACE_ID_LOW) < self._bound
+        flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+        return NonRecordingSpan(SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags))
+
+    @contextmanager
+    def start_as_current_span(  # type: ignore[override]
+        self,
+        name: str,
+        context: otel_context.Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Any = None,
+        links: Any = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> Iterator[trace.Span]:
+        span = self.start_span(name, context)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            yield span
+        finally:
+            otel_context.detach(token)
+
+
+class PropagatingTracerProvider(trace.TracerProvider):
+    """The tracer provider of a service that exports no spans (see the module docstring)."""
+
+    def __init__(self, sample_ratio: float = 1.0) -> None:
+        self._tracer = _PropagatingTracer(sample_ratio)
+
+    def get_tracer(
+        self,
+        instrumenting_module_name: str,
+        instrumenting_library_version: str | None = None,
+        schema_url: str | None = None,
+        attributes: Any = None,
+    ) -> trace.Tracer:
+        return self._tracer
 
 
 def setup_telemetry(
@@ -124,26 +225,26 @@ def setup_telemetry(
     with _lock:
         if _state is not None:
             return _state
-        resource = build_resource(service_name)
-        current = trace.get_tracer_provider()
-        if isinstance(current, TracerProvider):
-            # Someone (a test harness) installed an SDK provider already: add to it.
-            tracer_provider = current
-        else:
-            tracer_provider = TracerProvider(
-                resource=resource, sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio))
-            )
-            trace.set_tracer_provider(tracer_provider)
+        resource: Resource | None = None
+        tracer_provider = _install_tracer_provider(service_name, settings)
         processor = _span_processor(settings.traces_exporter)
         if processor is not None:
-            tracer_provider.add_span_processor(processor)
+            tracer_provider.add_span_processor(processor)  # type: ignore[attr-defined]
 
         meter_provider: MeterProvider | None = None
         server: Any = None
         port: int | None = None
         reader = _metric_reader(settings.metrics_exporter)
         if reader is not None:
-            meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
+            from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
+
+            resource = build_resource(service_name)
+            # Only OTLP carries exemplars; elsewhere choosing them per measurement (for every
+            # sampled span) is a cost with no reader.
+            extra: dict[str, Any] = {}
+            if settings.metrics_exporter != "otlp":
+                extra["exemplar_filter"] = AlwaysOffExemplarFilter()
+            meter_provider = MeterProvider(resource=resource, metric_readers=[reader], **extra)
             metrics.set_meter_provider(meter_provider)
             if settings.metrics_exporter == "prometheus":
                 from prometheus_client import start_http_server
@@ -152,6 +253,28 @@ def setup_telemetry(
                 port = int(server.server_port)
         _state = Telemetry(service_name, tracer_provider, meter_provider, port, server)
         return _state
+
+
+def _install_tracer_provider(
+    service_name: str, settings: TelemetrySettings
+) -> trace.TracerProvider:
+    current = trace.get_tracer_provider()
+    if hasattr(current, "add_span_processor"):
+        # Someone (a test harness) installed an SDK provider already: add to it.
+        return current
+    provider: trace.TracerProvider
+    if settings.traces_exporter == "none":
+        provider = PropagatingTracerProvider(settings.sample_ratio)
+    else:
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+        provider = TracerProvider(
+            resource=build_resource(service_name),
+            sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)),
+        )
+    trace.set_tracer_provider(provider)
+    return provider
 
 
 def reset_for_tests() -> None:

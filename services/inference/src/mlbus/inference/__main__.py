@@ -6,6 +6,8 @@ configured model cannot be fetched, verified, loaded or warmed up (the reason is
 
 from __future__ import annotations
 
+import sys
+
 from mlbus.core.service import run_service
 from mlbus.inference.app import build_app
 from mlbus.inference.domain.errors import ModelLoadError
@@ -17,8 +19,12 @@ EXIT_MODEL_LOAD_FAILED = 3
 
 def main() -> None:
     """Settings → logging/telemetry → app (model loaded and warm) → run until a signal."""
+    settings = InferenceSettings()
+    if settings.gil_switch_interval_us:
+        # Process-wide, so set here and not by the app (which tests run in their process).
+        sys.setswitchinterval(settings.gil_switch_interval_us / 1e6)
     try:
-        run_service(InferenceSettings(), build_app)
+        run_service(settings, build_app)
     except ModelLoadError as exc:
         # Already logged with its cause by the worker; the status tells the supervisor.
         raise SystemExit(EXIT_MODEL_LOAD_FAILED) from exc

@@ -3,16 +3,23 @@
 Instruments come from the global meter provider (``setup_telemetry`` installs it in
 ``main()``); without one they cost next to nothing. Every data point carries the endpoint
 and variant, so one Prometheus query covers all workers of a variant.
+
+A synchronous measurement costs the SDK several microseconds, a noticeable share of a small
+model's whole request, so the hot path makes one per request (its duration). Session runs
+and their rows are plain counters read when metrics are collected (observable counters);
+histograms of rows and requests per run, and of queue delays, are recorded for runs the
+dynamic batcher forms, where a run is worth several requests.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
 
 INSTRUMENTATION: Final = "mlbus.inference"
 
@@ -43,6 +50,9 @@ class WorkerStats:
 
     requests: int = 0
     session_runs: int = 0
+    inline_runs: int = 0
+    """Session runs made on the event loop (the others ran in executor threads)."""
+    session_rows: int = 0
     batched_runs: int = 0
     batch_fallbacks: int = 0
     captured: int = 0
@@ -60,9 +70,8 @@ class InferenceMetrics:
         self.stats = WorkerStats()
         # Run counts are updated from the loop and from executor threads (fallbacks).
         self._lock = threading.Lock()
-        # The duration histogram's count is the request count (by status), and the batch-size
-        # histogram's count the session-run count: no separate counters, so a request costs
-        # two measurements, not four.
+        # The duration histogram's count is the request count (by status): no separate
+        # counter, so a request costs one measurement.
         self._duration = meter.create_histogram(
             "mlbus.inference.request.duration",
             unit="s",
@@ -71,10 +80,28 @@ class InferenceMetrics:
             explicit_bucket_boundaries_advisory=_SECONDS_BUCKETS,
         )
         self._status_attributes: dict[str, dict[str, str]] = {}
+        self._run_attributes = {
+            "inline": {**self.base, "mlbus.inference.run": "inline"},
+            "thread": {**self.base, "mlbus.inference.run": "thread"},
+        }
+        meter.create_observable_counter(
+            "mlbus.inference.session.runs",
+            callbacks=[self._observe_runs],
+            unit="{run}",
+            description="ONNX Runtime session runs, by where they ran (mlbus.inference.run: "
+            "inline on the event loop, or in a thread).",
+        )
+        meter.create_observable_counter(
+            "mlbus.inference.session.rows",
+            callbacks=[self._observe_rows],
+            unit="{row}",
+            description="Rows computed by ONNX Runtime session runs (÷ runs: rows per run).",
+        )
         self._batch_rows = meter.create_histogram(
             "mlbus.inference.batch.size",
             unit="{row}",
-            description="Rows per ONNX Runtime session run (its count is the run count).",
+            description="Rows per session run the dynamic batcher dispatched (its count is "
+            "the number of such runs).",
             explicit_bucket_boundaries_advisory=_ROWS_BUCKETS,
         )
         self._batch_requests = meter.create_histogram(
@@ -109,25 +136,45 @@ class InferenceMetrics:
         self.stats.requests += 1
         self._duration.record(seconds, attributes)
 
-    def session_run(self, rows: int, requests: int) -> None:
-        """One session run over ``rows`` rows from ``requests`` requests (> 1: merged)."""
+    def session_run(self, rows: int, *, inline: bool = False) -> None:
+        """One session run of a single request's ``rows`` rows (called on the loop)."""
+        stats = self.stats
         with self._lock:
-            self.stats.session_runs += 1
-            if requests > 1:
-                self.stats.batched_runs += 1
-        self._batch_rows.record(rows, self.base)
+            stats.session_runs += 1
+            stats.session_rows += rows
+            if inline:
+                stats.inline_runs += 1
 
-    def batch_dispatched(self, requests: int) -> None:
-        """The dynamic batcher dispatched ``requests`` requests as one run."""
+    def batch_dispatched(self, rows: int, requests: int) -> None:
+        """The dynamic batcher dispatched ``requests`` requests of ``rows`` rows in all as one
+        run (> 1 request: merged)."""
+        stats = self.stats
+        with self._lock:
+            stats.session_runs += 1
+            stats.session_rows += rows
+            if requests > 1:
+                stats.batched_runs += 1
+        self._batch_rows.record(rows, self.base)
         self._batch_requests.record(requests, self.base)
 
     def batch_fallback(self, rows: Sequence[int]) -> None:
         """A merged run failed and its requests (of ``rows`` rows each) were run one by one."""
+        stats = self.stats
         with self._lock:
-            self.stats.batch_fallbacks += 1
-            self.stats.session_runs += len(rows)
-        for count in rows:
-            self._batch_rows.record(count, self.base)
+            stats.batch_fallbacks += 1
+            stats.session_runs += len(rows)
+            stats.session_rows += sum(rows)
+
+    def _observe_runs(self, options: CallbackOptions) -> Iterable[Observation]:
+        stats = self.stats
+        inline = stats.inline_runs
+        return [
+            Observation(inline, self._run_attributes["inline"]),
+            Observation(stats.session_runs - inline, self._run_attributes["thread"]),
+        ]
+
+    def _observe_rows(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(self.stats.session_rows, self.base)]
 
     def queue_delay(self, seconds: float) -> None:
         """A request waited ``seconds`` in the batcher."""

@@ -57,6 +57,10 @@ class InferenceSettings(ServiceSettings):
     """Session runs in flight at once (batches when batching is on, requests otherwise)."""
     warmup_runs: int = Field(default=1, ge=0, le=100)
     """Inferences on zero-filled inputs before the worker reports ready."""
+    gil_switch_interval_us: int = Field(default=5000, ge=0, le=100_000)
+    """Python's thread switch interval in the worker process (``sys.setswitchinterval``): how long a finished session run may wait for the GIL while the event loop is busy; 0 keeps Python's default (5000)."""
+    inline_run_max_us: int = Field(default=100, ge=0, le=1_000_000)
+    """Session runs estimated to take at most this long run on the event loop instead of a thread (when nothing else runs or waits); 0: always in threads."""
 
     # --- dynamic batching ------------------------------------------------------------
     max_batch_size: int = Field(default=1, ge=1, le=65536)

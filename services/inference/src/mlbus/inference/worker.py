@@ -140,6 +140,7 @@ class Worker:
             max_queue_delay_us=s.max_queue_delay_us,
             preferred_batch_sizes=s.preferred_batch_sizes,
             max_concurrent_runs=s.max_concurrent_runs,
+            inline_run_max_us=s.inline_run_max_us,
         )
         engine.start()
         self.engine = engine

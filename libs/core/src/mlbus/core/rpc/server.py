@@ -1,4 +1,11 @@
-"""The one way mlbus builds a gRPC server: interceptors, limits, health and reflection."""
+"""The one way mlbus builds a gRPC server: interceptors, limits, health and reflection.
+
+Tracing, access log and error mapping are applied to each method handler once, when its
+service is registered (:func:`~mlbus.core.rpc.interceptors.instrument_handler`), rather than
+by grpc.aio server interceptors, which run as a chain of coroutines on every call. Servers
+given ``extra_interceptors`` use the interceptor chain for all of them, so the extras still
+run inside tracing and error mapping.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,7 @@ import inspect
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,6 +24,7 @@ from mlbus.core.rpc.interceptors import (
     AccessLogInterceptor,
     ErrorInterceptor,
     TracingServerInterceptor,
+    instrument_handler,
 )
 from mlbus.core.settings import GrpcSettings
 
@@ -50,6 +58,68 @@ def server_options(settings: GrpcSettings) -> list[tuple[str, int]]:
     ]
 
 
+#: Wraps one method handler (``handler, "/pkg.Service/Method"``) at registration.
+HandlerWrapper: TypeAlias = (
+    "Callable[[grpc.RpcMethodHandler[Any, Any], str], grpc.RpcMethodHandler[Any, Any]]"
+)
+
+
+class _WrappedGenericHandler(grpc.GenericRpcHandler):  # type: ignore[type-arg]
+    """A generic handler whose method handlers come out wrapped (once per handler)."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler[Any, Any], wrap: HandlerWrapper) -> None:
+        self._inner = inner
+        self._wrap = wrap
+        self._wrapped: dict[str, tuple[Any, grpc.RpcMethodHandler[Any, Any]]] = {}
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def service_name(self) -> str | None:
+        """The inner handler's service name, when it has one."""
+        name = getattr(self._inner, "service_name", None)
+        return str(name()) if name is not None else None
+
+
+class _WrappingRegistrar:
+    """What a generated ``add_FooServicer_to_server`` sees as the server: it forwards the
+    registration with every method handler wrapped."""
+
+    def __init__(self, server: grpc.aio.Server, wrap: HandlerWrapper) -> None:
+        self._server = server
+        self._wrap = wrap
+
+    def add_generic_rpc_handlers(
+        self, generic_rpc_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]]
+    ) -> None:
+        self._server.add_generic_rpc_handlers(
+            [_WrappedGenericHandler(h, self._wrap) for h in generic_rpc_handlers]
+        )
+
+    def add_registered_method_handlers(
+        self, service_name: str, method_handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        wrapped = {
+            name: self._wrap(handler, f"/{service_name}/{name}")
+            for name, handler in method_handlers.items()
+        }
+        self._server.add_registered_method_handlers(service_name, wrapped)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
+
+
 def _host_port(host: str, port: int) -> str:
     if ":" in host and not host.startswith("["):
         return f"[{host}]:{port}"
@@ -60,7 +130,8 @@ class RpcServer:
     """A grpc.aio server with mlbus interceptors, health and reflection.
 
     Register services with :meth:`add_service` (or :meth:`add_generic_handler`) before
-    :meth:`start`; their names go to health (SERVING once started) and reflection.
+    :meth:`start`; their names go to health (SERVING once started) and reflection. With
+    ``wrap_handler``, each of their method handlers is wrapped by it once, at registration.
     """
 
     def __init__(
@@ -71,14 +142,16 @@ class RpcServer:
         host: str,
         port: int,
         interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]],
+        wrap_handler: HandlerWrapper | None = None,
     ) -> None:
         self.service_name = service_name
         self.settings = settings
         self.host = host
         self._requested_port = port
         self._port: int | None = None
+        self._wrap_handler = wrap_handler
         self._server = grpc.aio.server(
-            interceptors=list(interceptors), options=server_options(settings)
+            interceptors=list(interceptors) or None, options=server_options(settings)
         )
         # grpc-stubs lack the public `health.aio` alias of the asyncio servicer.
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -104,7 +177,10 @@ class RpcServer:
         """Register ``servicer`` with the generated ``register_fn`` under ``service_full_name``
         (e.g. ``mlbus.registry.v1.RegistryService``) for health and reflection."""
         self._check_not_started()
-        register_fn(servicer, self._server)
+        target: Any = self._server
+        if self._wrap_handler is not None:
+            target = _WrappingRegistrar(self._server, self._wrap_handler)
+        register_fn(servicer, target)
         self._services.append(service_full_name)
 
     def add_generic_handler(
@@ -119,6 +195,8 @@ class RpcServer:
             if service_name is None:
                 raise ValueError("service_full_name is required for this handler")
             name = str(service_name())
+        if self._wrap_handler is not None:
+            handler = _WrappedGenericHandler(handler, self._wrap_handler)
         self._server.add_generic_rpc_handlers((handler,))
         self._services.append(name)
 
@@ -205,16 +283,27 @@ def create_server(
     port: int,
     extra_interceptors: Iterable[grpc.aio.ServerInterceptor[Any, Any]] = (),
 ) -> RpcServer:
-    """Build an :class:`RpcServer` with tracing, access-log and error interceptors.
+    """Build an :class:`RpcServer` with tracing, access log and error mapping.
 
     ``extra_interceptors`` run inside those (traced, and an :class:`MlbusError` they raise
-    from the wrapped behaviour is mapped to its status).
+    from the wrapped behaviour is mapped to its status); without them, the three are applied
+    to each method handler at registration instead of as interceptors (see the module doc).
     """
+    extras = list(extra_interceptors)
+    if not extras:
+        return RpcServer(
+            service_name=service_name,
+            settings=settings,
+            host=host,
+            port=port,
+            interceptors=(),
+            wrap_handler=instrument_handler,
+        )
     interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [
         TracingServerInterceptor(),
         AccessLogInterceptor(),
         ErrorInterceptor(),
-        *extra_interceptors,
+        *extras,
     ]
     return RpcServer(
         service_name=service_name,

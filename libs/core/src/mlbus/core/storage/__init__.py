@@ -2,9 +2,15 @@
 
 ``store = await open_object_store(settings.storage)`` gives a started store for the
 configured backend; see :class:`ObjectStore` for what every backend guarantees.
+
+The S3 backend (boto3, a few hundred milliseconds and ~15 MB to import) is imported only
+when it is used: by ``create_object_store`` for ``type="s3"`` or by naming
+``S3ObjectStore``.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from mlbus.core.settings import StorageSettings
 from mlbus.core.storage.base import (
@@ -17,7 +23,9 @@ from mlbus.core.storage.base import (
     ObjectStore,
 )
 from mlbus.core.storage.local import LocalObjectStore
-from mlbus.core.storage.s3 import S3ObjectStore
+
+if TYPE_CHECKING:
+    from mlbus.core.storage.s3 import S3ObjectStore
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -39,6 +47,8 @@ def create_object_store(settings: StorageSettings) -> ObjectStore:
     if settings.type == "local":
         return LocalObjectStore(settings.root)
     if settings.type == "s3":
+        from mlbus.core.storage.s3 import S3ObjectStore
+
         return S3ObjectStore.from_settings(settings)
     raise ValueError(f"storage type {settings.type!r}: expected 'local' or 's3'")
 
@@ -51,3 +61,11 @@ async def open_object_store(settings: StorageSettings) -> ObjectStore:
     store = create_object_store(settings)
     await store.start()
     return store
+
+
+def __getattr__(name: str) -> Any:
+    if name == "S3ObjectStore":
+        from mlbus.core.storage.s3 import S3ObjectStore
+
+        return S3ObjectStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

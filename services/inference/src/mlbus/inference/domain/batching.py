@@ -143,11 +143,17 @@ class DynamicBatcher:
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._running = 0  # batches dispatched and not finished
 
     @property
     def waiting(self) -> int:
         """Requests queued and not yet dispatched."""
         return len(self._pending)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no batch running."""
+        return not self._pending and self._running == 0
 
     def start(self) -> None:
         """Start the batching task (on the running loop)."""
@@ -247,9 +253,11 @@ class DynamicBatcher:
                 if not item.future.done():
                     item.future.set_exception(Unavailable(f"the worker is stopping: {exc}"))
             return
+        self._running += 1
         running.add_done_callback(functools.partial(self._finish, batch))
 
     def _finish(self, batch: list[Pending], running: asyncio.Future[list[Outcome]]) -> None:
+        self._running -= 1
         self._slots.release()
         outcomes: Sequence[Any]
         if running.cancelled():

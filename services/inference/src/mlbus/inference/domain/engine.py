@@ -1,20 +1,31 @@
-"""Runs a loaded model for requests: in executor threads, batched when the model allows it.
+"""Runs a loaded model for requests: in executor threads, batched when the model allows it,
+or on the event loop itself when a run is cheaper than handing it to a thread.
 
-The event loop never runs the model itself. Session runs go to a thread pool of
-``max_concurrent_runs`` threads; with dynamic batching on (``max_batch_size > 1`` and a
-model whose inputs and outputs all have an open first dimension) requests go through a
-:class:`~mlbus.inference.domain.batching.DynamicBatcher` first. A request that cannot be
-merged (a scalar input, inputs with differing first dimensions, more rows than
-``max_batch_size``) runs on its own. If a merged run fails, its requests are run one by
-one so that only the faulty one fails; if a merged run's outputs cannot be split back
-(the model's first dimension is not a batch dimension), batching is turned off for good.
+Session runs go to a thread pool of ``max_concurrent_runs`` threads; with dynamic batching
+on (``max_batch_size > 1`` and a model whose inputs and outputs all have an open first
+dimension) requests go through a :class:`~mlbus.inference.domain.batching.DynamicBatcher`
+first. A request that cannot be merged (a scalar input, inputs with differing first
+dimensions, more rows than ``max_batch_size``) runs on its own. If a merged run fails, its
+requests are run one by one so that only the faulty one fails; if a merged run's outputs
+cannot be split back (the model's first dimension is not a batch dimension), batching is
+turned off for good.
+
+Inline runs: handing a run to a thread and back costs tens of microseconds of event-loop
+work plus two GIL hand-overs, far more than a small model's run (~10 µs for a small MLP).
+So every run is timed (:class:`RunCost`), and a request whose estimated run time is at most
+``inline_run_max_us`` runs on the loop, synchronously, when nothing else is running or
+queued (with batching on, only when ``max_queue_delay_us`` is 0: a request that would wait
+for others is never run inline). A request would run alone at that moment anyway; inline
+it just skips the hand-off. Until a run has been timed, runs go to the threads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final
@@ -43,6 +54,40 @@ SPAN_NAME: Final = "onnxruntime run"
 _tracer = trace.get_tracer("mlbus.inference")
 
 
+class RunCost:
+    """Running estimate of a session run's duration, from the runs timed so far.
+
+    An exponentially weighted average that follows a faster run quickly and a slower one
+    slowly (a run can be slowed by a busy machine, never sped up). Requests with more rows
+    than usual are assumed to cost proportionally more; fewer rows are never assumed
+    cheaper than a usual run.
+    """
+
+    __slots__ = ("rows", "seconds")
+
+    def __init__(self) -> None:
+        self.seconds: float | None = None
+        """Estimated seconds of a usual run; None until one was timed."""
+        self.rows = 1.0
+        """Rows of a usual run (weighted average)."""
+
+    def observe(self, seconds: float, rows: int) -> None:
+        """A run of ``rows`` rows took ``seconds`` (called from the loop and from threads;
+        a lost update under a race only delays the estimate)."""
+        current = self.seconds
+        if current is None:
+            self.seconds, self.rows = seconds, float(rows)
+            return
+        self.seconds = current + (0.5 if seconds < current else 0.1) * (seconds - current)
+        self.rows += 0.1 * (rows - self.rows)
+
+    def estimate(self, rows: int) -> float:
+        """Expected seconds of a run over ``rows`` rows (infinite before the first timing)."""
+        if self.seconds is None:
+            return math.inf
+        return self.seconds * max(1.0, rows / self.rows)
+
+
 class InferenceEngine:
     """Executes inferences of one model; see the module docstring for the policy."""
 
@@ -55,10 +100,17 @@ class InferenceEngine:
         max_queue_delay_us: int = 0,
         preferred_batch_sizes: Sequence[int] = (),
         max_concurrent_runs: int = 1,
+        inline_run_max_us: int = 0,
     ) -> None:
         self.runner = runner
         self.metrics = metrics
         self.max_batch_size = max_batch_size
+        #: Estimated cost of a session run (decides inline runs).
+        self.cost = RunCost()
+        self._inline_max_s = inline_run_max_us / 1e6
+        # With a queue delay, a request waits for others on purpose: never inline then.
+        self._inline_with_batcher = max_queue_delay_us == 0
+        self._threaded = 0  # unbatched runs handed to the executor and not finished
         self._executor = ThreadPoolExecutor(
             max_workers=max_concurrent_runs, thread_name_prefix="onnxruntime"
         )
@@ -98,36 +150,73 @@ class InferenceEngine:
             await self._batcher.stop()
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
 
+    def _may_run_inline(self, rows: int) -> bool:
+        if self._threaded or self.cost.estimate(rows) > self._inline_max_s:
+            return False
+        batcher = self._batcher
+        if batcher is None or self._split_failed.is_set():
+            return True
+        return self._inline_with_batcher and batcher.idle
+
     async def infer(self, inputs: dict[str, Array], outputs: tuple[str, ...]) -> Outputs:
         """Compute ``outputs`` for validated ``inputs``; raises the model's errors."""
-        if self._batcher is not None and not self._split_failed.is_set():
-            rows = batch_rows(inputs)
-            if rows is not None and 0 < rows <= self.max_batch_size:
-                return await self._batcher.submit(inputs, outputs, rows)
+        rows = batch_rows(inputs)
+        count = rows or 1
+        if self._inline_max_s > 0 and self._may_run_inline(count):
+            self.metrics.session_run(count, inline=True)
+            return self._run_one(inputs, outputs, None, count)
+        if rows is not None and 0 < rows <= self.max_batch_size:
+            batcher = self._batcher
+            if batcher is not None and not self._split_failed.is_set():
+                return await batcher.submit(inputs, outputs, rows)
         loop = asyncio.get_running_loop()
         ctx = otel_context.get_current()
+        self._threaded += 1
         try:
-            return await loop.run_in_executor(self._executor, self._run_one, inputs, outputs, ctx)
+            return await loop.run_in_executor(
+                self._executor, self._run_one, inputs, outputs, ctx, count
+            )
         finally:
-            self.metrics.session_run(batch_rows(inputs) or 1, 1)
+            self._threaded -= 1
+            self.metrics.session_run(count)
 
-    # --- executor threads ------------------------------------------------------------
+    # --- session runs (executor threads, or the loop for inline runs) ----------------
+
+    def _timed_run(self, inputs: Mapping[str, Array], outputs: Sequence[str], rows: int) -> Outputs:
+        # CPU time of this thread, not wall time: a run in an executor thread also waits for
+        # the GIL (up to the 5 ms switch interval while the loop is busy), which says nothing
+        # about what the run would cost inline. ONNX Runtime's intra-op threads share the
+        # work with the calling thread, so its CPU time still tracks the run's duration.
+        started = time.thread_time()
+        try:
+            return self.runner.run(inputs, outputs)
+        finally:
+            self.cost.observe(time.thread_time() - started, rows)
 
     def _run_one(
-        self, inputs: Mapping[str, Array], outputs: Sequence[str], ctx: otel_context.Context
+        self,
+        inputs: Mapping[str, Array],
+        outputs: Sequence[str],
+        ctx: otel_context.Context | None,
+        rows: int,
     ) -> Outputs:
+        # The run's span is only worth its cost (tens of µs) when it is recorded: its parent
+        # (the request's server span) is, or there is none and the sampler may pick it.
+        parent = trace.get_current_span(ctx)
+        if parent.get_span_context().is_valid and not parent.is_recording():
+            return self._timed_run(inputs, outputs, rows)
         with _tracer.start_as_current_span(
             SPAN_NAME,
             context=ctx,
-            attributes={"mlbus.batch.requests": 1, "mlbus.batch.rows": batch_rows(inputs) or 1},
+            attributes={"mlbus.batch.requests": 1, "mlbus.batch.rows": rows},
         ):
-            return self.runner.run(inputs, outputs)
+            return self._timed_run(inputs, outputs, rows)
 
     def _run_batch(self, batch: Sequence[Pending]) -> list[Outcome]:
         if len(batch) == 1:
             item = batch[0]
             try:
-                return [self._run_one(item.inputs, item.outputs, item.context)]
+                return [self._run_one(item.inputs, item.outputs, item.context, item.rows)]
             except Exception as exc:
                 return [exc]
         rows = [item.rows for item in batch]
@@ -144,7 +233,8 @@ class InferenceEngine:
         ) as span:
             try:
                 merged = merge_inputs([item.inputs for item in batch])
-                pieces = split_outputs(self.runner.run(merged, self._all_outputs), rows)
+                total = sum(rows)
+                pieces = split_outputs(self._timed_run(merged, self._all_outputs, total), rows)
             except Exception as exc:
                 span.record_exception(exc)
                 if isinstance(exc, BatchSplitError) and not self._split_failed.is_set():
@@ -166,7 +256,7 @@ class InferenceEngine:
         outcomes: list[Outcome] = []
         for item in batch:
             try:
-                outcomes.append(self._run_one(item.inputs, item.outputs, item.context))
+                outcomes.append(self._run_one(item.inputs, item.outputs, item.context, item.rows))
             except Exception as exc:
                 outcomes.append(exc)
         # Counted here (from a thread): the merged attempt was counted at dispatch.
@@ -178,5 +268,4 @@ class InferenceEngine:
     def _on_dispatch(self, batch: Sequence[Pending], now: float) -> None:
         for item in batch:
             self.metrics.queue_delay(now - item.enqueued)
-        self.metrics.session_run(sum(item.rows for item in batch), len(batch))
-        self.metrics.batch_dispatched(len(batch))
+        self.metrics.batch_dispatched(sum(item.rows for item in batch), len(batch))

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import numpy as np
-import numpy.typing as npt
 
 from mlbus.core.errors import InvalidArgument
 from mlbus.inference.domain.datatypes import DataType
@@ -21,8 +20,14 @@ from mlbus.inference.domain.signature import element_count, format_shape
 
 _LENGTH = struct.Struct("<I")
 
-#: numpy arrays of any dtype (the worker's tensors).
-Array = npt.NDArray[Any]
+#: numpy arrays of any dtype (the worker's tensors). numpy.typing only for the type checker:
+#: importing it costs tens of milliseconds of the worker's start-up.
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
+    Array: TypeAlias = npt.NDArray[Any]
+else:
+    Array = np.ndarray
 
 
 class BytesFormatError(ValueError):
