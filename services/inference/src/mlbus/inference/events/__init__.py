@@ -1,1 +1,0 @@
-"""Kafka handlers of the inference worker (asynchronous requests)."""
