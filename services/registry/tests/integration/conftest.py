@@ -324,7 +324,7 @@ def _postgres_admin() -> str:
 def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     """The session's registry database: a SQLite file, or the session's PostgreSQL database."""
     if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('registry-db') / 'registry.db'}"
+        return f"sqlite:///{tmp_path_factory.mktemp('registry-db') / 'registry.db'}"
     url: str = request.getfixturevalue("postgres_url")
     return url
 
@@ -333,7 +333,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 def fresh_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty database of its own for one test (migrations, relay leadership)."""
     if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
+        yield f"sqlite:///{tmp_path / 'fresh.db'}"
         return
     psycopg = pytest.importorskip("psycopg")
     request.getfixturevalue("postgres_url")  # skips (or fails in CI) without PostgreSQL
@@ -383,7 +383,7 @@ def own_database_url(database_url: str, tmp_path: Path) -> str:
     """A database for a test's own registry: its own SQLite file (one relay per file), or
     the session's PostgreSQL database (relay leadership keeps one relay per database)."""
     if database_url.startswith("sqlite"):
-        return f"sqlite+aiosqlite:///{tmp_path / 'own.db'}"
+        return f"sqlite:///{tmp_path / 'own.db'}"
     return database_url
 
 

@@ -4,6 +4,9 @@ starting on its default SQLite file without a broker."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 
 from mlbus.common.v1 import common_pb2
 from mlbus.core.settings import KafkaSettings
-from mlbus.registry.adapters.database import Database, SqlOutboxStore
+from mlbus.registry.adapters.database import Database, SqlOutboxStore, SqlSession
 from mlbus.registry.adapters.migrations import (
     current_revision,
     head_revision,
@@ -26,6 +29,7 @@ from mlbus.registry.adapters.migrations import (
 )
 from mlbus.registry.adapters.tables import metadata
 from mlbus.registry.api.servicer import SERVICE_NAME
+from mlbus.registry.ports import RetryableConflict
 from mlbus.registry.v1 import registry_pb2 as pb
 from mlbus.sdk.local.broker import free_port
 
@@ -151,3 +155,123 @@ async def test_service_starts_on_its_default_sqlite_file_without_a_broker(
         assert got.model_group.created_by == common_pb2.Actor(name="alice")
         # The events wait in the outbox for a broker.
         assert await registry.outbox_count(pending_only=True) == 2
+
+
+def _sqlite_file(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'units.db'}"
+
+
+async def _groups(database: Database) -> list[str]:
+    async with database.transaction(write=False) as session:
+        return list((await session.execute(text("SELECT name FROM model_groups"))).scalars())
+
+
+def _insert_group(name: str) -> Any:
+    return text(
+        "INSERT INTO model_groups (name, description, latest_version, created_by, create_time, "
+        f"update_time) VALUES ('{name}', '', 0, 'a', :t, :t)"
+    ).bindparams(t="2026-01-01 00:00:00+00:00")
+
+
+async def test_sqlite_runs_a_transaction_in_one_thread_hop(tmp_path: Path) -> None:
+    database = Database(_sqlite_file(tmp_path))
+    try:
+        await database.start(migrate=True)
+        hops = 0
+        submit = database._submit
+
+        def counting(fn: Any, *args: Any, **kwargs: Any) -> Any:
+            nonlocal hops
+            hops += 1
+            return submit(fn, *args, **kwargs)
+
+        database._submit = counting  # type: ignore[method-assign]
+
+        async def write(session: SqlSession) -> None:
+            await session.execute(_insert_group("a"))
+            await session.execute(_insert_group("b"))
+
+        async def read(session: SqlSession) -> list[str]:
+            names = await session.execute(text("SELECT name FROM model_groups ORDER BY name"))
+            return list(names.scalars())
+
+        await database.run(write, write=True)
+        assert hops == 1
+        assert await database.run(read, write=False) == ["a", "b"]
+        assert hops == 2
+    finally:
+        await database.aclose()
+
+
+async def test_sqlite_work_that_suspends_is_refused_and_rolled_back(tmp_path: Path) -> None:
+    database = Database(_sqlite_file(tmp_path))
+    try:
+        await database.start(migrate=True)
+
+        async def work(session: SqlSession) -> None:
+            await session.execute(_insert_group("suspends"))
+            await asyncio.sleep(0)  # not the session: the unit of work cannot run it
+
+        with pytest.raises(RuntimeError, match="may await only"):
+            await database.run(work, write=True)
+        assert await _groups(database) == []
+    finally:
+        await database.aclose()
+
+
+async def test_sqlite_write_cancelled_before_commit_rolls_back_and_frees_the_lock(
+    tmp_path: Path,
+) -> None:
+    database = Database(_sqlite_file(tmp_path))
+    started, release = threading.Event(), threading.Event()
+    try:
+        await database.start(migrate=True)
+
+        async def slow(session: SqlSession) -> None:
+            await session.execute(_insert_group("cancelled"))
+            started.set()
+            release.wait(10)  # blocks its database thread, not the event loop
+
+        task = asyncio.create_task(database.run(slow, write=True))
+        assert await asyncio.to_thread(started.wait, 10)
+
+        async def quick(session: SqlSession) -> None:
+            await session.execute(_insert_group("next"))
+
+        # The next writer queues until the first has ended on its thread.
+        queued = asyncio.create_task(database.run(quick, write=True))
+        task.cancel()
+        await asyncio.sleep(0.05)
+        assert not queued.done()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.wait_for(queued, 10)
+        assert await _groups(database) == ["next"]
+    finally:
+        release.set()
+        await database.aclose()
+
+
+async def test_sqlite_writer_locked_out_by_another_process_gets_a_retryable_conflict(
+    tmp_path: Path,
+) -> None:
+    database = Database(_sqlite_file(tmp_path), sqlite_timeout_s=0.1)
+    try:
+        await database.start(migrate=True)
+        other = sqlite3.connect(tmp_path / "units.db", isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+
+            async def write(session: SqlSession) -> None:
+                await session.execute(_insert_group("locked-out"))
+
+            with pytest.raises(RetryableConflict, match="database is locked"):
+                await database.run(write, write=True)
+            other.execute("ROLLBACK")
+            await database.run(write, write=True)
+        finally:
+            other.close()
+        assert await _groups(database) == ["locked-out"]
+    finally:
+        await database.aclose()

@@ -9,12 +9,11 @@ The object store is :class:`mlbus.core.storage.ObjectStore`, itself an interface
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from mlbus.registry.domain.events import DomainEvent
 from mlbus.registry.domain.models import (
@@ -26,6 +25,8 @@ from mlbus.registry.domain.models import (
     ModelVersion,
     Signature,
 )
+
+T = TypeVar("T")
 
 #: Row lock taken by a read in a write transaction: exclusive, shared, or none.
 Lock = Literal["update", "share"] | None
@@ -47,8 +48,13 @@ class LiveEndpointUse:
 class UnitOfWork(ABC):
     """One database transaction: everything done through it commits together or not at all.
 
-    Obtained from a :class:`UnitOfWorkFactory` as ``async with uow_factory(write=True) as uow``;
-    leaving the block normally commits, an exception rolls back.
+    A use case hands its work to a :class:`UnitOfWorkRunner`:
+    ``await run(work, write=True)`` calls ``work(uow)`` in a transaction that commits when
+    it returns and rolls back when it raises. The work may await only this unit of work's
+    methods (and its own helpers that do): it must not suspend on anything else (the
+    object store, a sleep, another call), because a runner may drive it synchronously (on
+    SQLite the whole transaction runs on a database thread, in one hop from the event
+    loop). Write work may run again after a :class:`RetryableConflict`.
     """
 
     # -- model groups -----------------------------------------------------------------
@@ -168,10 +174,13 @@ class UnitOfWork(ABC):
         """Queue ``event`` in the outbox; it is published after this transaction commits."""
 
 
-class UnitOfWorkFactory(Protocol):
-    """Opens a unit of work; ``write=True`` for one that changes state."""
+class UnitOfWorkRunner(Protocol):
+    """Runs ``work`` in one unit of work and returns its result; ``write=True`` for work
+    that changes state. See :class:`UnitOfWork` for what the work may await."""
 
-    def __call__(self, *, write: bool) -> AbstractAsyncContextManager[UnitOfWork]: ...
+    def __call__(
+        self, work: Callable[[UnitOfWork], Coroutine[Any, Any, T]], *, write: bool
+    ) -> Coroutine[Any, Any, T]: ...
 
 
 class ArtifactInspector(ABC):

@@ -26,9 +26,9 @@ class RegistrySettings(ServiceSettings):
     """Port of the Prometheus text endpoint; 0 picks a free port."""
 
     database_url: str = ""
-    """SQLAlchemy URL of the registry database: `postgresql+psycopg://user:password@host/db` (or `postgresql://...`), or `sqlite+aiosqlite:///path` (or `sqlite:///...`). Empty: the SQLite file `<home>/registry.db`."""
+    """SQLAlchemy URL of the registry database: `postgresql+psycopg://user:password@host/db` (or `postgresql://...`), or `sqlite:///path` (the standard sqlite3 module; `sqlite+pysqlite://` and `sqlite+aiosqlite://` are read as the same). Empty: the SQLite file `<home>/registry.db`."""
     database_pool_size: int = Field(default=5, ge=1, le=100)
-    """PostgreSQL connections kept open (as many more may be opened under load); SQLite ignores it."""
+    """PostgreSQL: connections kept open (as many more may be opened under load). SQLite: connections kept open and the threads that run transactions on them (one thread hop per transaction)."""
     migrate_on_start: bool = True
     """Apply the database migrations (Alembic, to head) at start-up. Turn off when migrations run as a separate deploy step."""
 
@@ -71,7 +71,7 @@ class RegistrySettings(ServiceSettings):
         """``database_url``, or the SQLite file under ``home`` when it is empty."""
         if self.database_url:
             return self.database_url
-        return f"sqlite+aiosqlite:///{(self.home / 'registry.db').expanduser().resolve()}"
+        return f"sqlite:///{(self.home / 'registry.db').expanduser().resolve()}"
 
     def resolved_staging_dir(self) -> Path:
         """``staging_dir``, or ``<home>/registry-staging``."""

@@ -1,14 +1,20 @@
-"""SQL storage with SQLAlchemy 2 (async): a SQLite file by default, PostgreSQL by URL.
+"""SQL storage with SQLAlchemy 2: a SQLite file by default, PostgreSQL by URL.
 
-Transactions:
+How each backend is driven:
 
-- PostgreSQL runs READ COMMITTED; the use cases take row locks (``FOR UPDATE`` /
-  ``FOR SHARE``) where concurrent changes must serialise.
-- SQLite has one writer at a time anyway. A write transaction starts with
-  ``BEGIN IMMEDIATE`` (it takes the write lock up front, so two writers never deadlock
-  upgrading read locks) and, within this process, waits on an asyncio lock first, so
-  writers queue instead of spinning on SQLITE_BUSY. Readers use WAL snapshots and never
-  wait.
+- PostgreSQL: SQLAlchemy's asyncio layer over psycopg, a connection pool, READ COMMITTED.
+  The use cases take row locks (``FOR UPDATE`` / ``FOR SHARE``) where concurrent changes
+  must serialise.
+- SQLite: the standard ``sqlite3`` module under a synchronous engine. SQLite calls block,
+  so they run on a small pool of database threads, and a whole transaction, the use
+  case's work included, runs in one hop to such a thread (see :meth:`Database.run`): a read
+  of a version costs one thread round trip, not one per DB-API call as through aiosqlite
+  (about 0.3 ms each on a busy 2-core machine; see bench/RESULTS.md). SQLite has one
+  writer at a time anyway. A write transaction starts with ``BEGIN IMMEDIATE`` (it takes
+  the write lock up front, so two writers never deadlock upgrading read locks) and,
+  within this process, waits on an asyncio lock first, so writers queue on the event loop
+  instead of holding threads while SQLite's busy handler spins. Reads use WAL snapshots
+  and never wait.
 
 Errors that mean "a concurrent transaction got in the way" (deadlock, serialization
 failure, lock timeout, a lost race on a unique key) become
@@ -18,21 +24,33 @@ failure, lock timeout, a lost race on a unique key) become
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+import functools
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+import sqlite3
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 from google.protobuf.message import Message
 from sqlalchemy import (
     Connection,
+    CursorResult,
+    Engine,
+    Executable,
     Row,
     Select,
     and_,
+    bindparam,
+    create_engine,
     delete,
     event,
     exists,
@@ -45,6 +63,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
 
 from mlbus.registry.adapters import tables as t
 from mlbus.registry.adapters.event_encoder import encode_event
@@ -75,6 +94,12 @@ from mlbus.registry.ports import (
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+P = ParamSpec("P")
+
+#: Bound parameters of one statement, or of an executemany.
+Parameters = Mapping[str, Any] | Sequence[Mapping[str, Any]]
+
 
 def _advisory_key(name: str) -> int:
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
@@ -88,22 +113,26 @@ RELAY_LOCK: Final = _advisory_key("mlbus.registry.outbox-relay")
 #: violation, lock not available.
 _RETRYABLE_SQLSTATES: Final = frozenset({"40001", "40P01", "23505", "55P03"})
 
+_SQLITE_DRIVERS: Final = ("sqlite://", "sqlite+pysqlite://", "sqlite+aiosqlite://")
+
 
 def normalize_url(url: str) -> str:
-    """The async-driver form of a database URL: ``postgresql://`` → ``postgresql+psycopg://``,
-    ``sqlite://`` → ``sqlite+aiosqlite://``. Other backends and drivers are refused."""
+    """The driver form of a database URL: ``postgresql://`` → ``postgresql+psycopg://``
+    (asyncio); ``sqlite://``, and ``sqlite+aiosqlite://`` as older settings spell it, →
+    ``sqlite+pysqlite://`` (the standard sqlite3 module). Other backends and drivers are
+    refused."""
     for plain, driver in (
         ("postgresql://", "postgresql+psycopg://"),
         ("postgres://", "postgresql+psycopg://"),
-        ("sqlite://", "sqlite+aiosqlite://"),
+        *((prefix, "sqlite+pysqlite://") for prefix in _SQLITE_DRIVERS),
     ):
         if url.startswith(plain):
             url = driver + url[len(plain) :]
-    if not url.startswith(("postgresql+psycopg://", "sqlite+aiosqlite://")):
+    if not url.startswith(("postgresql+psycopg://", "sqlite+pysqlite://")):
         scheme = url.split("://", 1)[0]
         raise ValueError(
             f"database URL scheme {scheme!r}: expected postgresql+psycopg:// (or postgresql://) "
-            "or sqlite+aiosqlite:// (or sqlite://)"
+            "or sqlite:// (also sqlite+pysqlite://, sqlite+aiosqlite://)"
         )
     return url
 
@@ -127,19 +156,147 @@ def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+@contextlib.contextmanager
+def _conflicts_retryable() -> Iterator[None]:
+    try:
+        yield
+    except DBAPIError as exc:
+        if is_retryable(exc):
+            raise RetryableConflict(str(exc.orig)) from exc
+        raise
+
+
+def run_to_end(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends to its end, synchronously, and return its result.
+
+    This is how a SQLite transaction runs its (async) work on a database thread: the
+    session's methods there are plain calls, so awaiting them never suspends. Work that
+    awaits anything else (a sleep, another connection, the object store) is a bug: it
+    raises RuntimeError (and the transaction rolls back)."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+    coroutine.close()
+    raise RuntimeError(
+        "a SQLite transaction's work suspended on something other than its own session; "
+        "the work of a unit of work may await only the unit of work's methods"
+    )
+
+
+class _Abandoned(Exception):
+    """The caller of a SQLite transaction was cancelled before it committed."""
+
+
+# -- sessions: one connection inside a transaction --------------------------------------
+
+
+class SqlSession(ABC):
+    """A connection inside a transaction, the same to callers on both backends."""
+
+    @abstractmethod
+    async def execute(
+        self, statement: Executable, parameters: Parameters | None = None
+    ) -> CursorResult[Any]:
+        """Run a statement; the result is fully buffered."""
+
+    @abstractmethod
+    async def run_sync(
+        self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """``fn(connection, ...)`` on the synchronous connection (Alembic, inspection)."""
+
+
+class _AsyncSession(SqlSession):
+    """PostgreSQL: an asyncio connection."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def execute(
+        self, statement: Executable, parameters: Parameters | None = None
+    ) -> CursorResult[Any]:
+        return await self._conn.execute(statement, parameters)
+
+    async def run_sync(
+        self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        return await self._conn.run_sync(fn, *args, **kwargs)
+
+
+class _DirectSession(SqlSession):
+    """SQLite, on the database thread that runs the whole transaction: plain calls (an
+    await of these never suspends; see :func:`run_to_end`)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    async def execute(
+        self, statement: Executable, parameters: Parameters | None = None
+    ) -> CursorResult[Any]:
+        return self._conn.execute(statement, parameters)
+
+    async def run_sync(
+        self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        return fn(self._conn, *args, **kwargs)
+
+
+class _ThreadSession(SqlSession):
+    """SQLite, driven from the event loop: every call is one hop to a database thread
+    (for :meth:`Database.transaction`, which tests and tools use)."""
+
+    def __init__(self, database: Database, conn: Connection) -> None:
+        self._db = database
+        self._conn = conn
+
+    async def execute(
+        self, statement: Executable, parameters: Parameters | None = None
+    ) -> CursorResult[Any]:
+        return await self._db.in_thread(self._conn.execute, statement, parameters)
+
+    async def run_sync(
+        self, fn: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        return await self._db.in_thread(fn, self._conn, *args, **kwargs)
+
+
+# -- the database -------------------------------------------------------------------------
+
+
 class Database:
-    """The registry database: engine, transactions, units of work and migrations."""
+    """The registry database: engines, transactions, units of work and migrations.
+
+    On SQLite, ``pool_size`` is both the number of pooled connections and of the database
+    threads transactions run on; on PostgreSQL it is the pool size (as many more
+    connections may be opened under load)."""
 
     def __init__(self, url: str, *, pool_size: int = 5, sqlite_timeout_s: float = 30.0) -> None:
         self.url: URL = make_url(normalize_url(url))
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        self._async_engine: AsyncEngine | None = None
+        self._sync_engine: Engine | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._threads = pool_size
         if self.is_sqlite:
-            self.engine: AsyncEngine = create_async_engine(
-                self.url, connect_args={"timeout": sqlite_timeout_s}
-            )
-            self._install_sqlite_hooks()
+            connect_args = {"timeout": sqlite_timeout_s, "check_same_thread": False}
+            if self.url.database in (None, "", ":memory:"):
+                # One in-memory database is one connection: share it, one thread at a time.
+                self._sync_engine = create_engine(
+                    self.url, connect_args=connect_args, poolclass=StaticPool
+                )
+                self._threads = 1
+            else:
+                self._sync_engine = create_engine(
+                    self.url,
+                    connect_args=connect_args,
+                    pool_size=pool_size,
+                    max_overflow=pool_size,
+                )
+            self._install_sqlite_hooks(self._sync_engine)
         else:
-            self.engine = create_async_engine(
+            self._async_engine = create_async_engine(
                 self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
             )
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
@@ -147,10 +304,23 @@ class Database:
     def __repr__(self) -> str:
         return f"Database({self.url.render_as_string(hide_password=True)!r})"
 
-    def _install_sqlite_hooks(self) -> None:
-        sync_engine = self.engine.sync_engine
+    @property
+    def async_engine(self) -> AsyncEngine:
+        """The PostgreSQL engine (SQLite has none: its transactions run on threads)."""
+        if self._async_engine is None:
+            raise RuntimeError(f"{self!r} is SQLite: it has no asyncio engine")
+        return self._async_engine
 
-        @event.listens_for(sync_engine, "connect")
+    @property
+    def sync_engine(self) -> Engine:
+        """The SQLite engine (for tools and benchmarks; PostgreSQL has an asyncio one)."""
+        if self._sync_engine is None:
+            raise RuntimeError(f"{self!r} is PostgreSQL: its engine is `async_engine`")
+        return self._sync_engine
+
+    @staticmethod
+    def _install_sqlite_hooks(engine: Engine) -> None:
+        @event.listens_for(engine, "connect")
         def _connect(dbapi_connection: Any, _record: Any) -> None:
             # Let SQLAlchemy (the "begin" hook below) issue BEGIN, not the driver.
             dbapi_connection.isolation_level = None
@@ -160,10 +330,30 @@ class Database:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
-        @event.listens_for(sync_engine, "begin")
+        @event.listens_for(engine, "begin")
         def _begin(connection: Connection) -> None:
             write = connection.get_execution_options().get("mlbus_write", False)
-            connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+            statement = "BEGIN IMMEDIATE" if write else "BEGIN"
+            # Straight to the driver: SQLAlchemy's statement machinery costs ~0.1 ms here.
+            # Its errors ("database is locked" after the busy timeout) are wrapped as
+            # SQLAlchemy would, so they are recognised as conflicts.
+            try:
+                connection.connection.driver_connection.execute(statement)  # type: ignore[union-attr]
+            except sqlite3.Error as exc:
+                raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
+
+    def _submit(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self._threads, thread_name_prefix="registry-sqlite"
+            )
+        # Carry the caller's context variables (trace context, log fields) along.
+        context = contextvars.copy_context()
+        return self._executor.submit(context.run, functools.partial(fn, *args, **kwargs))
+
+    async def in_thread(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn(...)`` on a SQLite database thread, awaited without blocking the loop."""
+        return await asyncio.wrap_future(self._submit(fn, *args, **kwargs))
 
     async def start(self, *, migrate: bool) -> None:
         """Create the SQLite file's directory and, if asked, migrate the schema to head."""
@@ -173,48 +363,134 @@ class Database:
             await self.migrate("head")
 
     async def aclose(self) -> None:
-        """Close every pooled connection."""
-        await self.engine.dispose()
+        """Wait for running SQLite transactions, then close every pooled connection."""
+        if self._async_engine is not None:
+            await self._async_engine.dispose()
+            return
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            await asyncio.to_thread(executor.shutdown, True)
+        if self._sync_engine is not None:
+            await asyncio.to_thread(self._sync_engine.dispose)
+
+    # -- transactions -------------------------------------------------------------------
+
+    async def run(self, work: Callable[[SqlSession], Coroutine[Any, Any, T]], *, write: bool) -> T:
+        """``work(session)`` in one transaction and its result: committed when it returns,
+        rolled back when it raises. Races with concurrent transactions raise
+        RetryableConflict.
+
+        On SQLite the whole of ``work`` runs synchronously on a database thread, in one hop
+        from the event loop, so it may await only the session's methods (see
+        :func:`run_to_end`). If the caller is cancelled while it runs, it rolls back unless
+        it has already reached its commit."""
+        if not self.is_sqlite:
+            async with self.transaction(write=write) as session:
+                return await work(session)
+        abandoned = threading.Event()
+        if not write:
+            future = self._submit(self._run_sqlite, work, write=False, abandoned=abandoned)
+        else:
+            lock = self._write_lock
+            assert lock is not None
+            await lock.acquire()
+            try:
+                future = self._submit(self._run_sqlite, work, write=True, abandoned=abandoned)
+            except BaseException:
+                lock.release()
+                raise
+            # The next writer may start when this one has ended on its thread, not when the
+            # awaiting task is cancelled.
+            loop = asyncio.get_running_loop()
+
+            def release(_: object) -> None:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                    loop.call_soon_threadsafe(lock.release)
+
+            future.add_done_callback(release)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            abandoned.set()
+            raise
+
+    def _run_sqlite(
+        self,
+        work: Callable[[SqlSession], Coroutine[Any, Any, T]],
+        *,
+        write: bool,
+        abandoned: threading.Event,
+    ) -> T:
+        assert self._sync_engine is not None
+        with _conflicts_retryable(), self._sync_engine.connect() as conn:
+            conn.execution_options(mlbus_write=write)
+            with conn.begin():
+                result = run_to_end(work(_DirectSession(conn)))
+                if abandoned.is_set():
+                    raise _Abandoned
+            return result
 
     @asynccontextmanager
-    async def transaction(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
-        """A connection in a transaction: committed when the block ends normally, rolled back
-        on an exception. Races with concurrent transactions raise RetryableConflict."""
+    async def transaction(self, *, write: bool) -> AsyncIterator[SqlSession]:
+        """A session in a transaction: committed when the block ends normally, rolled back
+        on an exception. Races with concurrent transactions raise RetryableConflict.
+
+        The use cases go through :meth:`run` (on SQLite one thread hop per transaction);
+        this form, one hop per statement on SQLite, is for tests and tools."""
+        if self._async_engine is not None:
+            with _conflicts_retryable():
+                async with self._async_engine.connect() as conn, conn.begin():
+                    yield _AsyncSession(conn)
+            return
         lock = self._write_lock if write else None
         if lock is not None:
             await lock.acquire()
         try:
-            async with self.engine.connect() as conn:
-                if self.is_sqlite:
-                    await conn.execution_options(mlbus_write=write)
-                try:
-                    async with conn.begin():
-                        yield conn
-                except DBAPIError as exc:
-                    if is_retryable(exc):
-                        raise RetryableConflict(str(exc.orig)) from exc
-                    raise
+            sync_conn = await self.in_thread(self._sqlite_begin, write)
+            try:
+                with _conflicts_retryable():
+                    yield _ThreadSession(self, sync_conn)
+                    await self.in_thread(sync_conn.commit)
+            finally:
+                await self.in_thread(sync_conn.close)  # rolls back what was not committed
         finally:
             if lock is not None:
                 lock.release()
 
-    @asynccontextmanager
-    async def _unit_of_work(self, *, write: bool) -> AsyncIterator[UnitOfWork]:
-        async with self.transaction(write=write) as conn:
-            yield SqlUnitOfWork(conn)
+    def _sqlite_begin(self, write: bool) -> Connection:
+        assert self._sync_engine is not None
+        with _conflicts_retryable():
+            conn = self._sync_engine.connect()
+            try:
+                conn.execution_options(mlbus_write=write)
+                conn.begin()
+            except BaseException:
+                conn.close()
+                raise
+        return conn
 
-    def unit_of_work(self, *, write: bool) -> AbstractAsyncContextManager[UnitOfWork]:
-        """A :class:`~mlbus.registry.ports.UnitOfWork` (the use cases' factory)."""
-        return self._unit_of_work(write=write)
+    async def unit_of_work(
+        self, work: Callable[[UnitOfWork], Coroutine[Any, Any, T]], *, write: bool
+    ) -> T:
+        """``work`` in one :class:`~mlbus.registry.ports.UnitOfWork` (the use cases'
+        :class:`~mlbus.registry.ports.UnitOfWorkRunner`)."""
+
+        async def run(session: SqlSession) -> T:
+            return await work(SqlUnitOfWork(session))
+
+        return await self.run(run, write=write)
 
     async def migrate(self, revision: str = "head") -> None:
         """Upgrade the schema to ``revision`` in one transaction (one migrator at a time)."""
-        async with self.transaction(write=True) as conn:
+
+        async def upgrade(session: SqlSession) -> None:
             if not self.is_sqlite:
-                await conn.execute(
+                await session.execute(
                     text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK}
                 )
-            await conn.run_sync(run_upgrade, revision)
+            await session.run_sync(run_upgrade, revision)
+
+        await self.run(upgrade, write=True)
 
 
 def _locked(statement: Select[Any], lock: Lock) -> Select[Any]:
@@ -303,11 +579,42 @@ def _audit(row: Row[Any]) -> AuditEntry:
     )
 
 
-class SqlUnitOfWork(UnitOfWork):
-    """A :class:`~mlbus.registry.ports.UnitOfWork` on one connection's transaction."""
+def _get_version_statement() -> Select[Any]:
+    # One round trip: the version joined with its aliases (one row per alias).
+    versions, aliases = t.model_versions, t.model_aliases
+    return (
+        select(versions, aliases.c.alias.label("alias_name"))
+        .select_from(
+            versions.outerjoin(
+                aliases,
+                and_(
+                    aliases.c.model_group == versions.c.model_group,
+                    aliases.c.version == versions.c.version,
+                ),
+            )
+        )
+        .where(
+            versions.c.model_group == bindparam("group"),
+            versions.c.version == bindparam("version"),
+        )
+    )
 
-    def __init__(self, conn: AsyncConnection) -> None:
-        self._conn = conn
+
+#: Built once: the hottest read (GetModelVersion) skips building the statement and its
+#: cache key on every call. Locked forms lock the version row only (not the nullable side
+#: of the join).
+_GET_VERSION: Final = _get_version_statement()
+_GET_VERSION_LOCKED: Final = {
+    lock: _GET_VERSION.with_for_update(of=t.model_versions, read=lock == "share")
+    for lock in ("update", "share")
+}
+
+
+class SqlUnitOfWork(UnitOfWork):
+    """A :class:`~mlbus.registry.ports.UnitOfWork` on one session's transaction."""
+
+    def __init__(self, session: SqlSession) -> None:
+        self._session = session
 
     # -- model groups -----------------------------------------------------------------
 
@@ -315,7 +622,7 @@ class SqlUnitOfWork(UnitOfWork):
         found: dict[str, dict[str, str]] = {name: {} for name in names}
         if not names:
             return found
-        rows = await self._conn.execute(
+        rows = await self._session.execute(
             select(t.model_group_tags).where(t.model_group_tags.c.model_group.in_(names))
         )
         for row in rows:
@@ -324,20 +631,20 @@ class SqlUnitOfWork(UnitOfWork):
 
     async def get_group(self, name: str, *, lock: Lock = None) -> ModelGroup | None:
         statement = _locked(select(t.model_groups).where(t.model_groups.c.name == name), lock)
-        row = (await self._conn.execute(statement)).first()
+        row = (await self._session.execute(statement)).first()
         if row is None:
             return None
         return _group(row, (await self._tags([name]))[name])
 
     async def _insert_tags(self, group: str, tags: dict[str, str]) -> None:
         if tags:
-            await self._conn.execute(
+            await self._session.execute(
                 insert(t.model_group_tags),
                 [{"model_group": group, "key": k, "value": v} for k, v in tags.items()],
             )
 
     async def add_group(self, group: ModelGroup) -> None:
-        await self._conn.execute(
+        await self._session.execute(
             insert(t.model_groups).values(
                 name=group.name,
                 description=group.description,
@@ -350,12 +657,12 @@ class SqlUnitOfWork(UnitOfWork):
         await self._insert_tags(group.name, group.tags)
 
     async def update_group(self, group: ModelGroup) -> None:
-        await self._conn.execute(
+        await self._session.execute(
             update(t.model_groups)
             .where(t.model_groups.c.name == group.name)
             .values(description=group.description, update_time=group.update_time)
         )
-        await self._conn.execute(
+        await self._session.execute(
             delete(t.model_group_tags).where(t.model_group_tags.c.model_group == group.name)
         )
         await self._insert_tags(group.name, group.tags)
@@ -378,13 +685,13 @@ class SqlUnitOfWork(UnitOfWork):
                     tag_table.c.value == value,
                 )
             )
-        rows = list(await self._conn.execute(statement))
+        rows = list(await self._session.execute(statement))
         found = await self._tags([row.name for row in rows])
         return [_group(row, found[row.name]) for row in rows]
 
     async def next_version_number(self, group: str, now: datetime) -> int:
         groups = t.model_groups
-        result = await self._conn.execute(
+        result = await self._session.execute(
             update(groups)
             .where(groups.c.name == group)
             .values(latest_version=groups.c.latest_version + 1, update_time=now)
@@ -400,7 +707,7 @@ class SqlUnitOfWork(UnitOfWork):
         if not versions:
             return found
         aliases = t.model_aliases
-        rows = await self._conn.execute(
+        rows = await self._session.execute(
             select(aliases.c.alias, aliases.c.version).where(
                 aliases.c.model_group == group, aliases.c.version.in_(versions)
             )
@@ -412,25 +719,8 @@ class SqlUnitOfWork(UnitOfWork):
     async def get_version(
         self, group: str, version: int, *, lock: Lock = None
     ) -> ModelVersion | None:
-        # One round trip: the version joined with its aliases (one row per alias).
-        versions, aliases = t.model_versions, t.model_aliases
-        statement = (
-            select(versions, aliases.c.alias.label("alias_name"))
-            .select_from(
-                versions.outerjoin(
-                    aliases,
-                    and_(
-                        aliases.c.model_group == versions.c.model_group,
-                        aliases.c.version == versions.c.version,
-                    ),
-                )
-            )
-            .where(versions.c.model_group == group, versions.c.version == version)
-        )
-        if lock is not None:
-            # Lock the version row only (not the nullable side of the join).
-            statement = statement.with_for_update(of=versions, read=lock == "share")
-        rows = list(await self._conn.execute(statement))
+        statement = _GET_VERSION if lock is None else _GET_VERSION_LOCKED[lock]
+        rows = list(await self._session.execute(statement, {"group": group, "version": version}))
         if not rows:
             return None
         return _version(rows[0], [r.alias_name for r in rows if r.alias_name is not None])
@@ -438,7 +728,7 @@ class SqlUnitOfWork(UnitOfWork):
     async def find_version_by_request_id(self, group: str, request_id: str) -> ModelVersion | None:
         versions = t.model_versions
         row = (
-            await self._conn.execute(
+            await self._session.execute(
                 select(versions).where(
                     versions.c.model_group == group, versions.c.request_id == request_id
                 )
@@ -449,7 +739,7 @@ class SqlUnitOfWork(UnitOfWork):
         return _version(row, (await self._aliases(group, [row.version]))[row.version])
 
     async def add_version(self, version: ModelVersion) -> None:
-        await self._conn.execute(
+        await self._session.execute(
             insert(t.model_versions).values(
                 model_group=version.model_group,
                 version=version.version,
@@ -470,7 +760,7 @@ class SqlUnitOfWork(UnitOfWork):
 
     async def update_version(self, version: ModelVersion) -> None:
         versions = t.model_versions
-        await self._conn.execute(
+        await self._session.execute(
             update(versions)
             .where(
                 versions.c.model_group == version.model_group,
@@ -493,7 +783,7 @@ class SqlUnitOfWork(UnitOfWork):
             statement = statement.where(versions.c.approval_status == str(status))
         if before is not None:
             statement = statement.where(versions.c.version < before)
-        rows = list(await self._conn.execute(statement))
+        rows = list(await self._session.execute(statement))
         found = await self._aliases(group, [row.version for row in rows])
         return [_version(row, found[row.version]) for row in rows]
 
@@ -502,7 +792,7 @@ class SqlUnitOfWork(UnitOfWork):
     async def get_alias(self, group: str, alias: str) -> int | None:
         aliases = t.model_aliases
         value = (
-            await self._conn.execute(
+            await self._session.execute(
                 select(aliases.c.version).where(
                     aliases.c.model_group == group, aliases.c.alias == alias
                 )
@@ -512,13 +802,13 @@ class SqlUnitOfWork(UnitOfWork):
 
     async def set_alias(self, group: str, alias: str, version: int, now: datetime) -> None:
         aliases = t.model_aliases
-        result = await self._conn.execute(
+        result = await self._session.execute(
             update(aliases)
             .where(aliases.c.model_group == group, aliases.c.alias == alias)
             .values(version=version, update_time=now)
         )
         if result.rowcount == 0:
-            await self._conn.execute(
+            await self._session.execute(
                 insert(aliases).values(
                     model_group=group, alias=alias, version=version, update_time=now
                 )
@@ -526,14 +816,14 @@ class SqlUnitOfWork(UnitOfWork):
 
     async def delete_alias(self, group: str, alias: str) -> None:
         aliases = t.model_aliases
-        await self._conn.execute(
+        await self._session.execute(
             delete(aliases).where(aliases.c.model_group == group, aliases.c.alias == alias)
         )
 
     # -- audit ------------------------------------------------------------------------
 
     async def add_audit(self, entry: AuditEntry) -> None:
-        await self._conn.execute(
+        await self._session.execute(
             insert(t.audit_log).values(
                 entity_type=entry.entity_type,
                 entity_id=entry.entity_id,
@@ -559,7 +849,7 @@ class SqlUnitOfWork(UnitOfWork):
             )
         if after is not None:
             statement = statement.where(audit.c.id > after)
-        return [_audit(row) for row in await self._conn.execute(statement)]
+        return [_audit(row) for row in await self._session.execute(statement)]
 
     # -- endpoints --------------------------------------------------------------------
 
@@ -577,7 +867,7 @@ class SqlUnitOfWork(UnitOfWork):
 
     async def get_endpoint(self, name: str, *, lock: Lock = None) -> Endpoint | None:
         statement = _locked(select(t.endpoints).where(t.endpoints.c.name == name), lock)
-        row = (await self._conn.execute(statement)).first()
+        row = (await self._session.execute(statement)).first()
         if row is None:
             return None
         config = None
@@ -595,14 +885,14 @@ class SqlUnitOfWork(UnitOfWork):
             "update_time": endpoint.update_time,
         }
         if new:
-            await self._conn.execute(insert(t.endpoints).values(name=endpoint.name, **values))
+            await self._session.execute(insert(t.endpoints).values(name=endpoint.name, **values))
         else:
-            await self._conn.execute(
+            await self._session.execute(
                 update(t.endpoints).where(t.endpoints.c.name == endpoint.name).values(**values)
             )
 
     async def add_endpoint_config(self, config: EndpointConfig) -> None:
-        await self._conn.execute(
+        await self._session.execute(
             insert(t.endpoint_configs).values(
                 endpoint=config.endpoint,
                 revision=config.revision,
@@ -623,12 +913,12 @@ class SqlUnitOfWork(UnitOfWork):
             }
             for field, variant in config.spec.all_variants()
         ]
-        await self._conn.execute(insert(t.endpoint_model_refs), refs)
+        await self._session.execute(insert(t.endpoint_model_refs), refs)
 
     async def get_endpoint_config(self, endpoint: str, revision: int) -> EndpointConfig | None:
         configs = t.endpoint_configs
         row = (
-            await self._conn.execute(
+            await self._session.execute(
                 select(configs).where(
                     configs.c.endpoint == endpoint, configs.c.revision == revision
                 )
@@ -648,7 +938,7 @@ class SqlUnitOfWork(UnitOfWork):
         )
         if before is not None:
             statement = statement.where(configs.c.revision < before)
-        return [_config(row) for row in await self._conn.execute(statement)]
+        return [_config(row) for row in await self._session.execute(statement)]
 
     async def list_endpoints(
         self, *, include_deleted: bool, after: str | None, limit: int
@@ -679,7 +969,7 @@ class SqlUnitOfWork(UnitOfWork):
         if after is not None:
             statement = statement.where(endpoints.c.name > after)
         result: list[Endpoint] = []
-        for row in await self._conn.execute(statement):
+        for row in await self._session.execute(statement):
             config = None
             if row.spec_json is not None:
                 config = EndpointConfig(
@@ -695,7 +985,7 @@ class SqlUnitOfWork(UnitOfWork):
 
     async def live_endpoints_using(self, group: str, version: int) -> list[LiveEndpointUse]:
         refs, endpoints = t.endpoint_model_refs, t.endpoints
-        rows = await self._conn.execute(
+        rows = await self._session.execute(
             select(refs.c.endpoint, refs.c.variant)
             .join(
                 endpoints,
@@ -720,7 +1010,7 @@ class SqlUnitOfWork(UnitOfWork):
 
     async def add_event(self, event: DomainEvent) -> None:
         message: Message = encode_event(event)
-        await self._conn.execute(
+        await self._session.execute(
             insert(t.outbox).values(
                 event_id=event.event_id,
                 event_type=message.DESCRIPTOR.full_name,
@@ -742,8 +1032,9 @@ class SqlOutboxStore(OutboxStore):
 
     async def pending(self, limit: int) -> list[OutboxRecord]:
         outbox = t.outbox
-        async with self._db.transaction(write=False) as conn:
-            rows = await conn.execute(
+
+        async def read(session: SqlSession) -> list[OutboxRecord]:
+            rows = await session.execute(
                 select(outbox)
                 .where(outbox.c.sent_time.is_(None))
                 .order_by(outbox.c.id)
@@ -761,28 +1052,36 @@ class SqlOutboxStore(OutboxStore):
                 for row in rows
             ]
 
+        return await self._db.run(read, write=False)
+
     async def mark_sent(self, ids: Sequence[int], now: datetime) -> None:
         if not ids:
             return
-        async with self._db.transaction(write=True) as conn:
-            await conn.execute(
+
+        async def mark(session: SqlSession) -> None:
+            await session.execute(
                 update(t.outbox).where(t.outbox.c.id.in_(list(ids))).values(sent_time=now)
             )
 
+        await self._db.run(mark, write=True)
+
     async def purge_sent(self, before: datetime) -> int:
-        async with self._db.transaction(write=True) as conn:
-            result = await conn.execute(delete(t.outbox).where(t.outbox.c.sent_time < before))
+        async def purge(session: SqlSession) -> int:
+            result = await session.execute(delete(t.outbox).where(t.outbox.c.sent_time < before))
             return int(result.rowcount)
+
+        return await self._db.run(purge, write=True)
 
     async def count_pending(self) -> int:
         """How many events wait to be relayed (for tests and metrics)."""
-        async with self._db.transaction(write=False) as conn:
-            value = (
-                await conn.execute(
-                    select(func.count()).select_from(t.outbox).where(t.outbox.c.sent_time.is_(None))
-                )
-            ).scalar_one()
-            return int(value)
+
+        async def count(session: SqlSession) -> int:
+            statement = (
+                select(func.count()).select_from(t.outbox).where(t.outbox.c.sent_time.is_(None))
+            )
+            return int((await session.execute(statement)).scalar_one())
+
+        return await self._db.run(count, write=False)
 
     async def try_lead(self) -> bool:
         if self._db.is_sqlite:
@@ -796,7 +1095,7 @@ class SqlOutboxStore(OutboxStore):
                 log.warning("lost the outbox relay's database connection (and its lead)")
                 await self._drop_leader()
                 return False
-        conn = await self._db.engine.connect()
+        conn = await self._db.async_engine.connect()
         try:
             got = (
                 await conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": RELAY_LOCK})

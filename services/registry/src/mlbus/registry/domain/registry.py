@@ -11,6 +11,10 @@ row, so one group's changes (and its events) are totally ordered; storing an end
 configuration share-locks the versions it references before it locks the endpoint, and a
 rejection locks the version before it looks for (and locks) endpoints that serve it, so a
 version cannot be rejected while a configuration referencing it commits.
+
+The work a use case hands to a unit of work (``work(uow)``) awaits only the unit of
+work: the object store, staging and validation happen before it (see
+:class:`~mlbus.registry.ports.UnitOfWork`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
@@ -77,7 +81,7 @@ from mlbus.registry.ports import (
     StagedArtifact,
     StagingArea,
     UnitOfWork,
-    UnitOfWorkFactory,
+    UnitOfWorkRunner,
 )
 
 log = logging.getLogger(__name__)
@@ -178,7 +182,7 @@ class Registry:
     def __init__(
         self,
         *,
-        uow: UnitOfWorkFactory,
+        uow: UnitOfWorkRunner,
         store: ObjectStore,
         staging: StagingArea,
         inspector: ArtifactInspector,
@@ -196,13 +200,17 @@ class Registry:
 
     # -- plumbing ---------------------------------------------------------------------
 
-    async def _write(self, work: Callable[[UnitOfWork], Awaitable[T]]) -> T:
+    async def _read(self, work: Callable[[UnitOfWork], Coroutine[Any, Any, T]]) -> T:
+        """``work`` in a read-only unit of work (it may await only the unit of work)."""
+        return await self._uow(work, write=False)
+
+    async def _write(self, work: Callable[[UnitOfWork], Coroutine[Any, Any, T]]) -> T:
+        """``work`` in a write unit of work, retried after conflicts; ``on_commit`` after."""
         attempt = 0
         while True:
             attempt += 1
             try:
-                async with self._uow(write=True) as uow:
-                    result = await work(uow)
+                result = await self._uow(work, write=True)
             except RetryableConflict as exc:
                 if attempt >= self.policy.write_attempts:
                     raise Unavailable(
@@ -307,8 +315,7 @@ class Registry:
     async def get_group(self, name: str) -> ModelGroup:
         """One group; NOT_FOUND if it does not exist."""
         check_group_name(name, "name")
-        async with self._uow(write=False) as uow:
-            return await self._require_group(uow, name)
+        return await self._read(lambda uow: self._require_group(uow, name))
 
     async def list_groups(
         self, page: PageRequest, *, name_prefix: str = "", tags: Mapping[str, str] | None = None
@@ -319,10 +326,11 @@ class Registry:
         limit = self._page_size(page)
         query = {"list": "groups", "prefix": name_prefix, "tags": wanted}
         after = _cursor(page.token, query, str)
-        async with self._uow(write=False) as uow:
-            rows = await uow.list_groups(
+        rows = await self._read(
+            lambda uow: uow.list_groups(
                 name_prefix=name_prefix, tags=wanted, after=after, limit=limit + 1
             )
+        )
         return paginate(rows, limit, query, lambda group: group.name)
 
     async def update_group(
@@ -420,7 +428,7 @@ class Registry:
         group_name = command.model_group
 
         # Fail fast, before taking a large upload: the group, the idempotency key, lineage.
-        async with self._uow(write=False) as uow:
+        async def check(uow: UnitOfWork) -> ModelVersion | None:
             group = await uow.get_group(group_name)
             if group is None and not command.create_group:
                 raise NotFound(
@@ -434,6 +442,11 @@ class Registry:
                     return existing
             if group is not None:
                 await self._check_parent(uow, group_name, command.lineage.parent_version)
+            return None
+
+        already = await self._read(check)
+        if already is not None:
+            return already
 
         artifact = await self._store_artifact(command, chunks)
         baseline = await self._check_baseline(command.baseline)
@@ -636,8 +649,9 @@ class Registry:
         self, group: str, *, version: int | None = None, alias: str | None = None
     ) -> ModelVersion:
         """One version, by number or alias."""
-        async with self._uow(write=False) as uow:
-            return await self._find_version(uow, group, version=version, alias=alias)
+        return await self._read(
+            lambda uow: self._find_version(uow, group, version=version, alias=alias)
+        )
 
     async def list_versions(
         self, group: str, page: PageRequest, *, status: ApprovalStatus | None = None
@@ -647,9 +661,12 @@ class Registry:
         limit = self._page_size(page)
         query = {"list": "versions", "group": group, "status": status}
         before = _cursor(page.token, query, int)
-        async with self._uow(write=False) as uow:
+
+        async def read(uow: UnitOfWork) -> list[ModelVersion]:
             await self._require_group(uow, group)
-            rows = await uow.list_versions(group, status=status, before=before, limit=limit + 1)
+            return await uow.list_versions(group, status=status, before=before, limit=limit + 1)
+
+        rows = await self._read(read)
         return paginate(rows, limit, query, lambda v: v.version)
 
     async def update_version(
@@ -992,13 +1009,14 @@ class Registry:
         limit = self._page_size(page)
         query = {"list": "audit", "type": entity_type, "prefix": entity_id_prefix}
         after = _cursor(page.token, query, int)
-        async with self._uow(write=False) as uow:
-            rows = await uow.list_audit(
+        rows = await self._read(
+            lambda uow: uow.list_audit(
                 entity_type=entity_type,
                 entity_id_prefix=entity_id_prefix,
                 after=after,
                 limit=limit + 1,
             )
+        )
         return paginate(rows, limit, query, lambda entry: entry.id)
 
     # -- endpoints --------------------------------------------------------------------
@@ -1259,8 +1277,7 @@ class Registry:
     async def get_endpoint(self, name: str) -> Endpoint:
         """An endpoint (also a deleted one) with its configuration in force."""
         check_endpoint_name(name)
-        async with self._uow(write=False) as uow:
-            endpoint = await uow.get_endpoint(name)
+        endpoint = await self._read(lambda uow: uow.get_endpoint(name))
         if endpoint is None:
             raise NotFound(f"endpoint '{name}' does not exist", details={"endpoint": name})
         return endpoint
@@ -1272,10 +1289,11 @@ class Registry:
         limit = self._page_size(page)
         query = {"list": "endpoints", "deleted": include_deleted}
         after = _cursor(page.token, query, str)
-        async with self._uow(write=False) as uow:
-            rows = await uow.list_endpoints(
+        rows = await self._read(
+            lambda uow: uow.list_endpoints(
                 include_deleted=include_deleted, after=after, limit=limit + 1
             )
+        )
         return paginate(rows, limit, query, lambda endpoint: endpoint.name)
 
     async def list_endpoint_configs(self, name: str, page: PageRequest) -> Page[EndpointConfig]:
@@ -1284,8 +1302,11 @@ class Registry:
         limit = self._page_size(page)
         query = {"list": "configs", "endpoint": name}
         before = _cursor(page.token, query, int)
-        async with self._uow(write=False) as uow:
+
+        async def read(uow: UnitOfWork) -> list[EndpointConfig]:
             if await uow.get_endpoint(name) is None:
                 raise NotFound(f"endpoint '{name}' does not exist", details={"endpoint": name})
-            rows = await uow.list_endpoint_configs(name, before=before, limit=limit + 1)
+            return await uow.list_endpoint_configs(name, before=before, limit=limit + 1)
+
+        rows = await self._read(read)
         return paginate(rows, limit, query, lambda config: config.revision)

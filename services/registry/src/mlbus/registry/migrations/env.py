@@ -48,8 +48,8 @@ async def _run_standalone() -> None:
     database = Database(_standalone_url())
     try:
         await database.start(migrate=False)
-        async with database.transaction(write=True) as conn:
-            await conn.run_sync(_configure_and_run)
+        async with database.transaction(write=True) as session:
+            await session.run_sync(_configure_and_run)
     finally:
         await database.aclose()
 
