@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from mlbus.common.v1 import common_pb2 as mlbus_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmlbus/trainer/v1/events.proto\x12\x10mlbus.trainer.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cmlbus/common/v1/common.proto\"Z\n\x0eResourceLimits\x12.\n\x0bmax_runtime\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10max_memory_bytes\x18\x02 \x01(\x03\"\xba\x02\n\x07JobSpec\x12\x11\n\talgorithm\x18\x01 \x01(\t\x12G\n\x0fhyperparameters\x18\x02 \x03(\x0b\x32..mlbus.trainer.v1.JobSpec.HyperparametersEntry\x12\x11\n\tinput_uri\x18\x03 \x01(\t\x12\x16\n\x0evalidation_uri\x18\x04 \x01(\t\x12\x15\n\rtarget_column\x18\x05 \x01(\t\x12\x30\n\x06limits\x18\x06 \x01(\x0b\x32 .mlbus.trainer.v1.ResourceLimits\x12\x12\n\noutput_uri\x18\x07 \x01(\t\x12\x13\n\x0bmodel_group\x18\x08 \x01(\t\x1a\x36\n\x14HyperparametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xdd\x01\n\x0cJobRequested\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.mlbus.trainer.v1.JobKind\x12\x12\n\nexperiment\x18\x03 \x01(\t\x12\'\n\x04spec\x18\x04 \x01(\x0b\x32\x19.mlbus.trainer.v1.JobSpec\x12%\n\x05\x61\x63tor\x18\x05 \x01(\x0b\x32\x16.mlbus.common.v1.Actor\x12\x30\n\x0crequest_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xae\x02\n\x10JobStatusChanged\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.mlbus.trainer.v1.JobKind\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x1b.mlbus.trainer.v1.JobStatus\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12/\n\x0b\x63hange_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rmodel_version\x18\x08 \x01(\x03*h\n\x07JobKind\x12\x18\n\x14JOB_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_KIND_TRAINING\x10\x01\x12\x17\n\x13JOB_KIND_PROCESSING\x10\x02\x12\x13\n\x0fJOB_KIND_TUNING\x10\x03*\xa0\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12JOB_STATUS_PENDING\x10\x01\x12\x16\n\x12JOB_STATUS_RUNNING\x10\x02\x12\x18\n\x14JOB_STATUS_COMPLETED\x10\x03\x12\x15\n\x11JOB_STATUS_FAILED\x10\x04\x12\x16\n\x12JOB_STATUS_STOPPED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmlbus/trainer/v1/events.proto\x12\x10mlbus.trainer.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cmlbus/common/v1/common.proto\"Z\n\x0eResourceLimits\x12.\n\x0bmax_runtime\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x18\n\x10max_memory_bytes\x18\x02 \x01(\x03\"\xa7\x03\n\x07JobSpec\x12\x11\n\talgorithm\x18\x01 \x01(\t\x12G\n\x0fhyperparameters\x18\x02 \x03(\x0b\x32..mlbus.trainer.v1.JobSpec.HyperparametersEntry\x12\x11\n\tinput_uri\x18\x03 \x01(\t\x12\x16\n\x0evalidation_uri\x18\x04 \x01(\t\x12\x15\n\rtarget_column\x18\x05 \x01(\t\x12\x30\n\x06limits\x18\x06 \x01(\x0b\x32 .mlbus.trainer.v1.ResourceLimits\x12\x12\n\noutput_uri\x18\x07 \x01(\t\x12\x13\n\x0bmodel_group\x18\x08 \x01(\t\x12\x12\n\nscript_uri\x18\t \x01(\t\x12\x1b\n\x13validation_fraction\x18\n \x01(\x01\x12\x0c\n\x04seed\x18\x0b \x01(\x03\x12,\n\x06tuning\x18\x0c \x01(\x0b\x32\x1c.mlbus.trainer.v1.TuningSpec\x1a\x36\n\x14HyperparametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xce\x01\n\x0eParameterRange\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x37\n\ncontinuous\x18\x02 \x01(\x0b\x32!.mlbus.trainer.v1.ContinuousRangeH\x00\x12\x31\n\x07integer\x18\x03 \x01(\x0b\x32\x1e.mlbus.trainer.v1.IntegerRangeH\x00\x12\x39\n\x0b\x63\x61tegorical\x18\x04 \x01(\x0b\x32\".mlbus.trainer.v1.CategoricalRangeH\x00\x42\x07\n\x05range\"S\n\x0f\x43ontinuousRange\x12\x0b\n\x03min\x18\x01 \x01(\x01\x12\x0b\n\x03max\x18\x02 \x01(\x01\x12&\n\x05scale\x18\x03 \x01(\x0e\x32\x17.mlbus.trainer.v1.Scale\"P\n\x0cIntegerRange\x12\x0b\n\x03min\x18\x01 \x01(\x03\x12\x0b\n\x03max\x18\x02 \x01(\x03\x12&\n\x05scale\x18\x03 \x01(\x0e\x32\x17.mlbus.trainer.v1.Scale\"\"\n\x10\x43\x61tegoricalRange\x12\x0e\n\x06values\x18\x01 \x03(\t\"\xa3\x02\n\nTuningSpec\x12\x32\n\x08strategy\x18\x01 \x01(\x0e\x32 .mlbus.trainer.v1.SearchStrategy\x12\x34\n\nparameters\x18\x02 \x03(\x0b\x32 .mlbus.trainer.v1.ParameterRange\x12\x18\n\x10objective_metric\x18\x03 \x01(\t\x12\x37\n\tdirection\x18\x04 \x01(\x0e\x32$.mlbus.trainer.v1.ObjectiveDirection\x12\x10\n\x08max_jobs\x18\x05 \x01(\x05\x12\x19\n\x11max_parallel_jobs\x18\x06 \x01(\x05\x12\x16\n\x0e\x65\x61rly_stopping\x18\x07 \x01(\x08\x12\x13\n\x0bgrid_points\x18\x08 \x01(\x05\"\xdd\x01\n\x0cJobRequested\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.mlbus.trainer.v1.JobKind\x12\x12\n\nexperiment\x18\x03 \x01(\t\x12\'\n\x04spec\x18\x04 \x01(\x0b\x32\x19.mlbus.trainer.v1.JobSpec\x12%\n\x05\x61\x63tor\x18\x05 \x01(\x0b\x32\x16.mlbus.common.v1.Actor\x12\x30\n\x0crequest_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe0\x03\n\x10JobStatusChanged\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.mlbus.trainer.v1.JobKind\x12+\n\x06status\x18\x03 \x01(\x0e\x32\x1b.mlbus.trainer.v1.JobStatus\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12/\n\x0b\x63hange_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rmodel_version\x18\x08 \x01(\x03\x12\x13\n\x0bmodel_group\x18\t \x01(\t\x12\x12\n\nexperiment\x18\n \x01(\t\x12\x15\n\rparent_job_id\x18\x0b \x01(\t\x12@\n\x07metrics\x18\x0c \x03(\x0b\x32/.mlbus.trainer.v1.JobStatusChanged.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*h\n\x07JobKind\x12\x18\n\x14JOB_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_KIND_TRAINING\x10\x01\x12\x17\n\x13JOB_KIND_PROCESSING\x10\x02\x12\x13\n\x0fJOB_KIND_TUNING\x10\x03*\xa0\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12JOB_STATUS_PENDING\x10\x01\x12\x16\n\x12JOB_STATUS_RUNNING\x10\x02\x12\x18\n\x14JOB_STATUS_COMPLETED\x10\x03\x12\x15\n\x11JOB_STATUS_FAILED\x10\x04\x12\x16\n\x12JOB_STATUS_STOPPED\x10\x05*?\n\x05Scale\x12\x15\n\x11SCALE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSCALE_LINEAR\x10\x01\x12\r\n\tSCALE_LOG\x10\x02*\x85\x01\n\x0eSearchStrategy\x12\x1f\n\x1bSEARCH_STRATEGY_UNSPECIFIED\x10\x00\x12\x1a\n\x16SEARCH_STRATEGY_RANDOM\x10\x01\x12\x18\n\x14SEARCH_STRATEGY_GRID\x10\x02\x12\x1c\n\x18SEARCH_STRATEGY_BAYESIAN\x10\x03*}\n\x12ObjectiveDirection\x12#\n\x1fOBJECTIVE_DIRECTION_UNSPECIFIED\x10\x00\x12 \n\x1cOBJECTIVE_DIRECTION_MAXIMIZE\x10\x01\x12 \n\x1cOBJECTIVE_DIRECTION_MINIMIZE\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,18 +36,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOBSPEC_HYPERPARAMETERSENTRY']._loaded_options = None
   _globals['_JOBSPEC_HYPERPARAMETERSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBKIND']._serialized_start=1084
-  _globals['_JOBKIND']._serialized_end=1188
-  _globals['_JOBSTATUS']._serialized_start=1191
-  _globals['_JOBSTATUS']._serialized_end=1351
+  _globals['_JOBSTATUSCHANGED_METRICSENTRY']._loaded_options = None
+  _globals['_JOBSTATUSCHANGED_METRICSENTRY']._serialized_options = b'8\001'
+  _globals['_JOBKIND']._serialized_start=2077
+  _globals['_JOBKIND']._serialized_end=2181
+  _globals['_JOBSTATUS']._serialized_start=2184
+  _globals['_JOBSTATUS']._serialized_end=2344
+  _globals['_SCALE']._serialized_start=2346
+  _globals['_SCALE']._serialized_end=2409
+  _globals['_SEARCHSTRATEGY']._serialized_start=2412
+  _globals['_SEARCHSTRATEGY']._serialized_end=2545
+  _globals['_OBJECTIVEDIRECTION']._serialized_start=2547
+  _globals['_OBJECTIVEDIRECTION']._serialized_end=2672
   _globals['_RESOURCELIMITS']._serialized_start=146
   _globals['_RESOURCELIMITS']._serialized_end=236
   _globals['_JOBSPEC']._serialized_start=239
-  _globals['_JOBSPEC']._serialized_end=553
-  _globals['_JOBSPEC_HYPERPARAMETERSENTRY']._serialized_start=499
-  _globals['_JOBSPEC_HYPERPARAMETERSENTRY']._serialized_end=553
-  _globals['_JOBREQUESTED']._serialized_start=556
-  _globals['_JOBREQUESTED']._serialized_end=777
-  _globals['_JOBSTATUSCHANGED']._serialized_start=780
-  _globals['_JOBSTATUSCHANGED']._serialized_end=1082
+  _globals['_JOBSPEC']._serialized_end=662
+  _globals['_JOBSPEC_HYPERPARAMETERSENTRY']._serialized_start=608
+  _globals['_JOBSPEC_HYPERPARAMETERSENTRY']._serialized_end=662
+  _globals['_PARAMETERRANGE']._serialized_start=665
+  _globals['_PARAMETERRANGE']._serialized_end=871
+  _globals['_CONTINUOUSRANGE']._serialized_start=873
+  _globals['_CONTINUOUSRANGE']._serialized_end=956
+  _globals['_INTEGERRANGE']._serialized_start=958
+  _globals['_INTEGERRANGE']._serialized_end=1038
+  _globals['_CATEGORICALRANGE']._serialized_start=1040
+  _globals['_CATEGORICALRANGE']._serialized_end=1074
+  _globals['_TUNINGSPEC']._serialized_start=1077
+  _globals['_TUNINGSPEC']._serialized_end=1368
+  _globals['_JOBREQUESTED']._serialized_start=1371
+  _globals['_JOBREQUESTED']._serialized_end=1592
+  _globals['_JOBSTATUSCHANGED']._serialized_start=1595
+  _globals['_JOBSTATUSCHANGED']._serialized_end=2075
+  _globals['_JOBSTATUSCHANGED_METRICSENTRY']._serialized_start=2029
+  _globals['_JOBSTATUSCHANGED_METRICSENTRY']._serialized_end=2075
 # @@protoc_insertion_point(module_scope)

@@ -82,6 +82,72 @@ JOB_STATUS_STOPPED: JobStatus.ValueType  # 5
 """Stopped on request."""
 Global___JobStatus: _TypeAlias = JobStatus  # noqa: Y015
 
+class _Scale:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ScaleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Scale.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SCALE_UNSPECIFIED: _Scale.ValueType  # 0
+    SCALE_LINEAR: _Scale.ValueType  # 1
+    """Uniform over the range."""
+    SCALE_LOG: _Scale.ValueType  # 2
+    """Uniform over the logarithm of the range (bounds must be > 0)."""
+
+class Scale(_Scale, metaclass=_ScaleEnumTypeWrapper):
+    """How a parameter range is sampled."""
+
+SCALE_UNSPECIFIED: Scale.ValueType  # 0
+SCALE_LINEAR: Scale.ValueType  # 1
+"""Uniform over the range."""
+SCALE_LOG: Scale.ValueType  # 2
+"""Uniform over the logarithm of the range (bounds must be > 0)."""
+Global___Scale: _TypeAlias = Scale  # noqa: Y015
+
+class _SearchStrategy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SearchStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SearchStrategy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SEARCH_STRATEGY_UNSPECIFIED: _SearchStrategy.ValueType  # 0
+    SEARCH_STRATEGY_RANDOM: _SearchStrategy.ValueType  # 1
+    """Independent random samples."""
+    SEARCH_STRATEGY_GRID: _SearchStrategy.ValueType  # 2
+    """Every combination (continuous ranges take grid_points values each)."""
+    SEARCH_STRATEGY_BAYESIAN: _SearchStrategy.ValueType  # 3
+    """Bayesian optimisation (Optuna's TPE sampler)."""
+
+class SearchStrategy(_SearchStrategy, metaclass=_SearchStrategyEnumTypeWrapper):
+    """How a tuning job picks the next trial."""
+
+SEARCH_STRATEGY_UNSPECIFIED: SearchStrategy.ValueType  # 0
+SEARCH_STRATEGY_RANDOM: SearchStrategy.ValueType  # 1
+"""Independent random samples."""
+SEARCH_STRATEGY_GRID: SearchStrategy.ValueType  # 2
+"""Every combination (continuous ranges take grid_points values each)."""
+SEARCH_STRATEGY_BAYESIAN: SearchStrategy.ValueType  # 3
+"""Bayesian optimisation (Optuna's TPE sampler)."""
+Global___SearchStrategy: _TypeAlias = SearchStrategy  # noqa: Y015
+
+class _ObjectiveDirection:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ObjectiveDirectionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ObjectiveDirection.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OBJECTIVE_DIRECTION_UNSPECIFIED: _ObjectiveDirection.ValueType  # 0
+    OBJECTIVE_DIRECTION_MAXIMIZE: _ObjectiveDirection.ValueType  # 1
+    OBJECTIVE_DIRECTION_MINIMIZE: _ObjectiveDirection.ValueType  # 2
+
+class ObjectiveDirection(_ObjectiveDirection, metaclass=_ObjectiveDirectionEnumTypeWrapper):
+    """Whether the objective metric is to be made large or small."""
+
+OBJECTIVE_DIRECTION_UNSPECIFIED: ObjectiveDirection.ValueType  # 0
+OBJECTIVE_DIRECTION_MAXIMIZE: ObjectiveDirection.ValueType  # 1
+OBJECTIVE_DIRECTION_MINIMIZE: ObjectiveDirection.ValueType  # 2
+Global___ObjectiveDirection: _TypeAlias = ObjectiveDirection  # noqa: Y015
+
 @_typing.final
 class ResourceLimits(_message.Message):
     """Bounds a job's child process runs under."""
@@ -144,6 +210,10 @@ class JobSpec(_message.Message):
     LIMITS_FIELD_NUMBER: _builtins.int
     OUTPUT_URI_FIELD_NUMBER: _builtins.int
     MODEL_GROUP_FIELD_NUMBER: _builtins.int
+    SCRIPT_URI_FIELD_NUMBER: _builtins.int
+    VALIDATION_FRACTION_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    TUNING_FIELD_NUMBER: _builtins.int
     algorithm: _builtins.str
     """Algorithm or entry point, e.g. "sklearn.ensemble.RandomForestClassifier"."""
     input_uri: _builtins.str
@@ -157,7 +227,18 @@ class JobSpec(_message.Message):
     output_uri: _builtins.str
     """Where a processing job writes its output."""
     model_group: _builtins.str
-    """Model group the trained model is registered in (training and tuning)."""
+    """Model group the trained model is registered in (training and tuning); empty: the
+    model is exported and kept as an artifact but not registered.
+    """
+    script_uri: _builtins.str
+    """A user's Python file, by path or URI: for algorithm "custom" it exposes
+    `train(data, hyperparameters) -> estimator`; for a processing job
+    `process(input_path, output_dir, arguments)`.
+    """
+    validation_fraction: _builtins.float
+    """Share of the input held out for validation when validation_uri is empty; 0 means 0.2."""
+    seed: _builtins.int
+    """Seed of the train/validation split (and of algorithms that take one)."""
     @_builtins.property
     def hyperparameters(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Hyperparameters as strings, parsed by the algorithm."""
@@ -165,6 +246,10 @@ class JobSpec(_message.Message):
     @_builtins.property
     def limits(self) -> Global___ResourceLimits:
         """Time and memory limits."""
+
+    @_builtins.property
+    def tuning(self) -> Global___TuningSpec:
+        """The search of a tuning job."""
 
     def __init__(
         self,
@@ -177,14 +262,185 @@ class JobSpec(_message.Message):
         limits: Global___ResourceLimits | None = ...,
         output_uri: _builtins.str = ...,
         model_group: _builtins.str = ...,
+        script_uri: _builtins.str = ...,
+        validation_fraction: _builtins.float = ...,
+        seed: _builtins.int = ...,
+        tuning: Global___TuningSpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "tuning", b"tuning"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "hyperparameters", b"hyperparameters", "input_uri", b"input_uri", "limits", b"limits", "model_group", b"model_group", "output_uri", b"output_uri", "target_column", b"target_column", "validation_uri", b"validation_uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "hyperparameters", b"hyperparameters", "input_uri", b"input_uri", "limits", b"limits", "model_group", b"model_group", "output_uri", b"output_uri", "script_uri", b"script_uri", "seed", b"seed", "target_column", b"target_column", "tuning", b"tuning", "validation_fraction", b"validation_fraction", "validation_uri", b"validation_uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobSpec: _TypeAlias = JobSpec  # noqa: Y015
+
+@_typing.final
+class ParameterRange(_message.Message):
+    """A hyperparameter a tuning job searches over."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CONTINUOUS_FIELD_NUMBER: _builtins.int
+    INTEGER_FIELD_NUMBER: _builtins.int
+    CATEGORICAL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Hyperparameter name, as the algorithm takes it."""
+    @_builtins.property
+    def continuous(self) -> Global___ContinuousRange: ...
+    @_builtins.property
+    def integer(self) -> Global___IntegerRange: ...
+    @_builtins.property
+    def categorical(self) -> Global___CategoricalRange: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        continuous: Global___ContinuousRange | None = ...,
+        integer: Global___IntegerRange | None = ...,
+        categorical: Global___CategoricalRange | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["categorical", b"categorical", "continuous", b"continuous", "integer", b"integer", "range", b"range"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["categorical", b"categorical", "continuous", b"continuous", "integer", b"integer", "name", b"name", "range", b"range"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_range: _TypeAlias = _typing.Literal["continuous", "integer", "categorical"]  # noqa: Y015
+    _WhichOneofArgType_range: _TypeAlias = _typing.Literal["range", b"range"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_range) -> _WhichOneofReturnType_range | None: ...
+
+Global___ParameterRange: _TypeAlias = ParameterRange  # noqa: Y015
+
+@_typing.final
+class ContinuousRange(_message.Message):
+    """Real numbers from min to max (inclusive)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIN_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    SCALE_FIELD_NUMBER: _builtins.int
+    min: _builtins.float
+    max: _builtins.float
+    scale: Global___Scale.ValueType
+    def __init__(
+        self,
+        *,
+        min: _builtins.float = ...,
+        max: _builtins.float = ...,
+        scale: Global___Scale.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max", b"max", "min", b"min", "scale", b"scale"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContinuousRange: _TypeAlias = ContinuousRange  # noqa: Y015
+
+@_typing.final
+class IntegerRange(_message.Message):
+    """Integers from min to max (inclusive)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIN_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    SCALE_FIELD_NUMBER: _builtins.int
+    min: _builtins.int
+    max: _builtins.int
+    scale: Global___Scale.ValueType
+    def __init__(
+        self,
+        *,
+        min: _builtins.int = ...,
+        max: _builtins.int = ...,
+        scale: Global___Scale.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max", b"max", "min", b"min", "scale", b"scale"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IntegerRange: _TypeAlias = IntegerRange  # noqa: Y015
+
+@_typing.final
+class CategoricalRange(_message.Message):
+    """One of a list of values (strings, parsed like any hyperparameter)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        values: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CategoricalRange: _TypeAlias = CategoricalRange  # noqa: Y015
+
+@_typing.final
+class TuningSpec(_message.Message):
+    """A tuning job's search: each trial is a training job (a run in the experiment) with the
+    job's spec and sampled hyperparameters; the best trial's model is registered.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    OBJECTIVE_METRIC_FIELD_NUMBER: _builtins.int
+    DIRECTION_FIELD_NUMBER: _builtins.int
+    MAX_JOBS_FIELD_NUMBER: _builtins.int
+    MAX_PARALLEL_JOBS_FIELD_NUMBER: _builtins.int
+    EARLY_STOPPING_FIELD_NUMBER: _builtins.int
+    GRID_POINTS_FIELD_NUMBER: _builtins.int
+    strategy: Global___SearchStrategy.ValueType
+    objective_metric: _builtins.str
+    """Validation metric to optimise, e.g. "auc" or "rmse"."""
+    direction: Global___ObjectiveDirection.ValueType
+    """UNSPECIFIED: minimise error metrics (rmse, mae, log_loss), maximise the others."""
+    max_jobs: _builtins.int
+    """Most trials in all; 0 means 10 (grid: every combination, at most this many)."""
+    max_parallel_jobs: _builtins.int
+    """Most trials running at once; 0 means 1."""
+    early_stopping: _builtins.bool
+    """Stop a trial whose per-iteration objective is worse than the median of earlier
+    trials at the same iteration (algorithms that report iterations).
+    """
+    grid_points: _builtins.int
+    """Values per continuous range in a grid search; 0 means 3."""
+    @_builtins.property
+    def parameters(self) -> _containers.RepeatedCompositeFieldContainer[Global___ParameterRange]:
+        """Ranges searched; fixed hyperparameters come from JobSpec.hyperparameters."""
+
+    def __init__(
+        self,
+        *,
+        strategy: Global___SearchStrategy.ValueType = ...,
+        parameters: _abc.Iterable[Global___ParameterRange] | None = ...,
+        objective_metric: _builtins.str = ...,
+        direction: Global___ObjectiveDirection.ValueType = ...,
+        max_jobs: _builtins.int = ...,
+        max_parallel_jobs: _builtins.int = ...,
+        early_stopping: _builtins.bool = ...,
+        grid_points: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["direction", b"direction", "early_stopping", b"early_stopping", "grid_points", b"grid_points", "max_jobs", b"max_jobs", "max_parallel_jobs", b"max_parallel_jobs", "objective_metric", b"objective_metric", "parameters", b"parameters", "strategy", b"strategy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TuningSpec: _TypeAlias = TuningSpec  # noqa: Y015
 
 @_typing.final
 class JobRequested(_message.Message):
@@ -240,6 +496,26 @@ class JobStatusChanged(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class MetricsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     JOB_ID_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
@@ -248,6 +524,10 @@ class JobStatusChanged(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    MODEL_GROUP_FIELD_NUMBER: _builtins.int
+    EXPERIMENT_FIELD_NUMBER: _builtins.int
+    PARENT_JOB_ID_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Job id."""
     kind: Global___JobKind.ValueType
@@ -258,6 +538,12 @@ class JobStatusChanged(_message.Message):
     """Why (failure cause, stop request); empty when unremarkable."""
     model_version: _builtins.int
     """Model version the job registered, if COMPLETED registered one; 0 otherwise."""
+    model_group: _builtins.str
+    """Model group of model_version; empty when nothing was registered."""
+    experiment: _builtins.str
+    """Experiment the job belongs to."""
+    parent_job_id: _builtins.str
+    """Tuning job a trial belongs to; empty otherwise."""
     @_builtins.property
     def change_time(self) -> _timestamp_pb2.Timestamp:
         """When the status changed."""
@@ -270,6 +556,10 @@ class JobStatusChanged(_message.Message):
     def end_time(self) -> _timestamp_pb2.Timestamp:
         """When the job ended; unset until COMPLETED, FAILED or STOPPED."""
 
+    @_builtins.property
+    def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Final validation metrics, when COMPLETED."""
+
     def __init__(
         self,
         *,
@@ -281,10 +571,14 @@ class JobStatusChanged(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         model_version: _builtins.int = ...,
+        model_group: _builtins.str = ...,
+        experiment: _builtins.str = ...,
+        parent_job_id: _builtins.str = ...,
+        metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time", "end_time", b"end_time", "job_id", b"job_id", "kind", b"kind", "model_version", b"model_version", "reason", b"reason", "start_time", b"start_time", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time", "end_time", b"end_time", "experiment", b"experiment", "job_id", b"job_id", "kind", b"kind", "metrics", b"metrics", "model_group", b"model_group", "model_version", b"model_version", "parent_job_id", b"parent_job_id", "reason", b"reason", "start_time", b"start_time", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,1 @@
+"""Implementations of the ports: SQL job store, child processes, datasets, registry."""

@@ -1,0 +1,1 @@
+"""gRPC servicer of ``mlbus.trainer.v1.TrainerService`` and its protobuf converters."""

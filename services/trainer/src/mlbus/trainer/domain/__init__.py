@@ -1,0 +1,1 @@
+"""Pure job logic: models, validation rules, algorithms, scheduling decisions."""

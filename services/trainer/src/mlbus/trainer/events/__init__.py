@@ -1,0 +1,1 @@
+"""Kafka side: the job-requested consumer and the status-event relay."""

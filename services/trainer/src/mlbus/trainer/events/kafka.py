@@ -1,0 +1,155 @@
+"""The trainer on the bus: job requests in (consumer group), status events out (relayed from
+the outbox), and SubmitJob's copy of each request."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError
+
+from mlbus.core.errors import InvalidArgument
+from mlbus.core.messaging import Event, EventProducer, RetryableError, TopicCatalogue
+from mlbus.trainer.adapters.database import SqlJobStore
+from mlbus.trainer.api import converters as conv
+from mlbus.trainer.domain.models import Job, StatusChange, utcnow
+from mlbus.trainer.domain.service import TrainerService
+from mlbus.trainer.v1 import events_pb2 as ev
+
+log = logging.getLogger(__name__)
+
+
+class InvalidJobRequest(Exception):
+    """A job request that can never become a job (it goes to the DLQ with this reason)."""
+
+
+def make_event(job: Job) -> tuple[str, bytes]:
+    """The JobStatusChanged event of a job as it is now: (event id, payload)."""
+    change = StatusChange.of(job, utcnow())
+    return str(uuid.uuid4()), conv.status_changed(change).SerializeToString()
+
+
+class KafkaRequestPublisher:
+    """Publishes SubmitJob's jobs on the job-requested topic (keyed by job id)."""
+
+    def __init__(self, producer: EventProducer, catalogue: TopicCatalogue) -> None:
+        self.producer = producer
+        self.catalogue = catalogue
+
+    async def publish_request(self, job: Job) -> None:
+        """Publish the job's JobRequested; its event id is derived from the job id."""
+        await self.producer.publish(
+            self.catalogue.job_requested,
+            conv.job_requested(job),
+            key=job.job_id,
+            event_id=f"{job.job_id}/requested",
+        )
+
+
+class JobRequestHandler:
+    """Turns job requests from the topic into jobs (the same ones SubmitJob makes)."""
+
+    def __init__(self, service: TrainerService) -> None:
+        self.service = service
+
+    async def __call__(self, event: Event[Any]) -> None:
+        message: ev.JobRequested = event.message
+        try:
+            submission = conv.submission(
+                message.job_id or (event.key or ""),
+                message.kind,
+                message.experiment,
+                message.spec,
+                message.actor.name,
+            )
+            self.service.check(submission, need_id=True)
+        except InvalidArgument as exc:
+            raise InvalidJobRequest(f"malformed job request: {exc.message}") from exc
+        try:
+            await self.service.accept(submission)
+        except (DBAPIError, OSError) as exc:
+            raise RetryableError(f"jobs database unavailable: {exc}") from exc
+
+
+class OutboxRelay:
+    """Publishes this replica's status events from the outbox, in order, at least once
+    (each with its outbox event id as ``ce_id``, so consumers can drop duplicates)."""
+
+    def __init__(
+        self,
+        store: SqlJobStore,
+        producer: EventProducer,
+        catalogue: TopicCatalogue,
+        *,
+        poll_interval_s: float = 0.2,
+        batch_size: int = 200,
+        retention: timedelta = timedelta(days=7),
+    ) -> None:
+        self.store = store
+        self.producer = producer
+        self.catalogue = catalogue
+        self.poll_interval_s = poll_interval_s
+        self.batch_size = batch_size
+        self.retention = retention
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    def notify(self) -> None:
+        """Publish now instead of at the next poll."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        """Relay in the background."""
+        self._task = asyncio.create_task(self._loop(), name="mlbus-trainer-relay")
+
+    async def stop(self) -> None:
+        """Publish what is pending (briefly), then stop."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.relay_once(), timeout=5.0)
+
+    async def relay_once(self) -> int:
+        """Publish one batch; how many were published."""
+        events = await self.store.pending_events([self.store.writer_id], self.batch_size)
+        sent: list[int] = []
+        try:
+            for item in events:
+                message = ev.JobStatusChanged.FromString(item.payload)
+                await self.producer.publish(
+                    self.catalogue.job_status_changed,
+                    message,
+                    key=item.job_id,
+                    event_id=item.event_id,
+                )
+                sent.append(item.id)
+        finally:
+            await self.store.mark_sent(sent)
+        return len(sent)
+
+    async def _loop(self) -> None:
+        backoff = self.poll_interval_s
+        rounds = 0
+        while True:
+            try:
+                count = await self.relay_once()
+                backoff = self.poll_interval_s
+                rounds += 1
+                if rounds % 3000 == 0:
+                    await self.store.purge_sent(self.retention)
+                if count == self.batch_size:
+                    continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("relaying status events failed: %s", exc)
+                backoff = min(backoff * 2, 10.0)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=backoff)
