@@ -41,6 +41,19 @@ class Outcome:
     runtime_s: float
 
 
+def _die_with_parent() -> None:
+    # In the child, before exec: if the trainer dies (even by SIGKILL), the kernel kills the
+    # job too, so no job outlives its trainer unseen (Linux; elsewhere a no-op).
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def child_env(keep: Sequence[str] = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")) -> dict[str, str]:
     """A small environment for a job: none of the service's settings or secrets leak into
     user code. BLAS/OpenMP pools get one thread unless the trainer's environment says
@@ -119,6 +132,7 @@ class ChildProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
             limit=_LINE_LIMIT,
         )
         self._process = process
