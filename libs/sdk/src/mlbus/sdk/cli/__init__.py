@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from mlbus.sdk.cli.endpoints import endpoints
+from mlbus.sdk.cli.experiments import experiments
+from mlbus.sdk.cli.jobs import jobs
 from mlbus.sdk.cli.local import broker, down, health, status, up
 from mlbus.sdk.cli.models import models
 from mlbus.sdk.cli.predict import predict
@@ -16,7 +18,7 @@ def cli() -> None:
     """mlbus: deploy, run and govern models on your own machines."""
 
 
-for command in (broker, up, status, down, health, models, endpoints, predict):
+for command in (broker, up, status, down, health, models, endpoints, predict, jobs, experiments):
     cli.add_command(command)
 
 

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 #: Longest line read from a child in one piece; longer lines are split.
 _LINE_LIMIT = 1024 * 1024
 MIB = 1024 * 1024
+#: Names the trainer's pid to the child, which dies with it.
+PARENT_PID_ENV = "MLBUS_TRAINER_PID"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,25 +43,14 @@ class Outcome:
     runtime_s: float
 
 
-def _die_with_parent() -> None:
-    # In the child, before exec: if the trainer dies (even by SIGKILL), the kernel kills the
-    # job too, so no job outlives its trainer unseen (Linux; elsewhere a no-op).
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
 def child_env(keep: Sequence[str] = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")) -> dict[str, str]:
     """A small environment for a job: none of the service's settings or secrets leak into
     user code. BLAS/OpenMP pools get one thread unless the trainer's environment says
     otherwise, as jobs run side by side."""
     env = {k: v for k, v in os.environ.items() if k in keep or k.startswith("OPENBLAS_")}
     env["PYTHONUNBUFFERED"] = "1"
+    # The child asks the kernel to kill it when this process dies (see mlbus.trainer.child).
+    env[PARENT_PID_ENV] = str(os.getpid())
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[name] = os.environ.get(name, "1")
     return env
@@ -132,7 +123,6 @@ class ChildProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
             limit=_LINE_LIMIT,
         )
         self._process = process

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import traceback
@@ -16,9 +17,26 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Stopped()
 
 
+def _die_with_trainer() -> None:
+    # If the trainer dies (even by SIGKILL), the kernel kills this job too, so no job
+    # outlives its trainer unseen (Linux). Done here rather than in a preexec_fn: forking
+    # the trainer's gRPC threads through Python code can abort the child.
+    parent = os.environ.get("MLBUS_TRAINER_PID")
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if parent and os.getppid() != int(parent):
+        os._exit(EXIT_STOPPED)  # the trainer died before the line above
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the task file named by the first argument."""
     args = sys.argv[1:] if argv is None else argv
+    _die_with_trainer()
     task = Task.load(Path(args[0]))
     work_dir = Path(task.work_dir)
     signal.signal(signal.SIGTERM, _on_sigterm)
