@@ -233,6 +233,9 @@ def worker_settings(
             ),
             "storage": StorageSettings(root=artifact_root),
             "grpc": GrpcSettings(shutdown_grace_s=1),
+            # Many workers of model "m" share a namespace here: their async consumers would
+            # all join one group. Asynchronous requests are tested where each has its own.
+            "async_enabled": False,
         }
         return InferenceSettings(**{**base, **model, **fields})
 

@@ -150,6 +150,30 @@ class Stack:
     reference = staticmethod(linear_reference)
     wait_until = staticmethod(wait_until)
 
+    async def read_topic(self, topic: str, *, count: int, timeout: float = 30.0) -> list[Any]:
+        """At least ``count`` records of ``topic`` from its start (fewer on timeout)."""
+        from aiokafka import AIOKafkaConsumer
+
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=self.settings.kafka.bootstrap_servers,
+            group_id=None,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            fetch_max_wait_ms=50,
+        )
+        await consumer.start()
+        records: list[Any] = []
+        try:
+            deadline = time.monotonic() + timeout
+            while len(records) < count and time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=200)
+                for part in batch.values():
+                    records.extend(part)
+        finally:
+            await consumer.stop()
+        return records
+
     def workers(self, endpoint: str) -> list[dict[str, Any]]:
         """The controller's view of ``endpoint``'s workers."""
         for item in self.router.controller.describe():

@@ -10,18 +10,24 @@ with status 3. Without a configured model the server is SERVING as soon as it li
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from typing import Any, cast
 
-from mlbus.core.messaging import Topic
+from mlbus.core.messaging import EventConsumer, Topic
 from mlbus.core.service import ServiceApp
-from mlbus.core.storage import open_object_store
+from mlbus.core.storage import ObjectStore, open_object_store
 from mlbus.inference.adapters.artifacts import StoreOpener
 from mlbus.inference.adapters.capture import CaptureIdentity, CapturePublisher
 from mlbus.inference.api.servicer import SERVICE_NAME, InferenceServicer
+from mlbus.inference.events.async_requests import AsyncRequestHandler
 from mlbus.inference.metrics import InferenceMetrics
 from mlbus.inference.settings import InferenceSettings
 from mlbus.inference.v2 import grpc_service_pb2_grpc as pb_grpc
 from mlbus.inference.worker import Worker
+
+log = logging.getLogger(__name__)
 
 
 class InferenceApp(ServiceApp):
@@ -70,11 +76,80 @@ class InferenceApp(ServiceApp):
         # finish), then the capture queue is flushed while the producer is still up.
         self.on_stop(self.capture.stop)
         self.on_stop(self.worker.stop)
+        self._open_store = open_store
+        self.async_consumer: EventConsumer | None = None
+        self.async_handler: AsyncRequestHandler | None = None
+        self._async_store: ObjectStore | None = None
+        self._async_start: asyncio.Task[None] | None = None
+        if settings.serves_model and settings.async_enabled and not settings.shadow:
+            endpoint = settings.model_name
+            topics: list[Topic[Any]] = [
+                cast(Topic[Any], self.catalogue.async_requests(endpoint)),
+                cast(Topic[Any], self.catalogue.async_results(endpoint)),
+                cast(Topic[Any], self.catalogue.async_errors(endpoint)),
+            ]
+            self.topics.extend(topics)
+            self.async_handler = AsyncRequestHandler(
+                self.worker,
+                None,
+                self.producer,
+                requests=self.catalogue.async_requests(endpoint),
+                results=self.catalogue.async_results(endpoint),
+                errors=self.catalogue.async_errors(endpoint),
+                endpoint=endpoint,
+                variant=settings.variant,
+                model_version=settings.model_version,
+                default_timeout_s=settings.async_timeout_s,
+            )
+            self.async_consumer = EventConsumer(
+                settings.kafka,
+                group_id=async_group_id(endpoint),
+                topics=[topics[0]],
+                handler=self.async_handler.handle,
+                source=self.name,
+                producer=self.producer,
+                on_dead_letter=self.async_handler.on_dead_letter,
+                concurrent_partitions=True,
+            )
+            # Registered last, so it runs first on stop: no new async work for a stopping model.
+            self.on_stop(self._stop_async)
+
+    async def _start_async(self) -> None:
+        # Only once the model answered its warm-up: queued requests then run at once
+        # instead of failing on a model still loading.
+        if self.async_consumer is None or self.async_handler is None:
+            return
+        try:
+            self._async_store = await self._open_store(self.settings.storage)
+            self.async_handler.store = self._async_store
+            await self.async_consumer.start()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Real-time serving goes on; queued requests wait in the topic for another worker.
+            log.exception("cannot consume asynchronous requests")
+
+    async def _stop_async(self) -> None:
+        if self._async_start is not None and not self._async_start.done():
+            self._async_start.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._async_start
+        if self.async_consumer is not None and self.async_consumer.running:
+            await self.async_consumer.stop()
+        if self._async_store is not None:
+            await self._async_store.aclose()
+            self._async_store = None
 
     async def _listen_then_load(self, *, serving: bool = True) -> int:
         port = await self._listen(serving=False)
         await self.worker.load()
         await self.server.set_serving(serving)
+        # After SERVING, in the background: joining the request topic's group takes seconds
+        # and must delay neither real-time traffic nor the service's signal handling.
+        if self.async_consumer is not None:
+            self._async_start = asyncio.create_task(
+                self._start_async(), name="async-consumer-start"
+            )
         return port
 
 
@@ -84,3 +159,8 @@ def build_app(
     """Wire the inference worker from its settings (``open_store`` opens the object store
     the artifact is read from)."""
     return InferenceApp(settings, open_store=open_store)
+
+
+def async_group_id(endpoint: str) -> str:
+    """Consumer group of an endpoint's asynchronous workers (its lag is the queue depth)."""
+    return f"mlbus-inference-{endpoint}-async"

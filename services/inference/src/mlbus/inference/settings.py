@@ -55,8 +55,8 @@ class InferenceSettings(ServiceSettings):
     """ONNX Runtime graph optimisation level."""
     max_concurrent_runs: int = Field(default=1, ge=1, le=64)
     """Session runs in flight at once (batches when batching is on, requests otherwise)."""
-    warmup_runs: int = Field(default=1, ge=0, le=100)
-    """Inferences on zero-filled inputs before the worker reports ready."""
+    warmup_runs: int = Field(default=3, ge=0, le=100)
+    """Inferences on zero-filled inputs before the worker reports ready (the fastest one also seeds the run-time estimate of inline runs)."""
     gil_switch_interval_us: int = Field(default=5000, ge=0, le=100_000)
     """Python's thread switch interval in the worker process (``sys.setswitchinterval``): how long a finished session run may wait for the GIL while the event loop is busy; 0 keeps Python's default (5000)."""
     inline_run_max_us: int = Field(default=100, ge=0, le=1_000_000)
@@ -79,6 +79,12 @@ class InferenceSettings(ServiceSettings):
     """Captured records waiting for the bus; when full, new ones are dropped (counted). Memory: at most this × capture_max_payload_bytes."""
     capture_max_payload_bytes: int = Field(default=1024 * 1024, ge=1024)
     """Largest request plus response a captured record carries; larger ones are dropped (counted)."""
+
+    # --- asynchronous requests -------------------------------------------------------
+    async_enabled: bool = True
+    """Consume the endpoint's asynchronous request topic (production variants only; shadow workers never do)."""
+    async_timeout_s: float = Field(default=3600.0, gt=0)
+    """Deadline of an asynchronous request that carries none, from its acceptance."""
 
     @model_validator(mode="after")
     def _check_model(self) -> Self:

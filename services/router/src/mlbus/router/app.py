@@ -15,14 +15,18 @@ from mlbus.core.messaging import EventConsumer, Topic
 from mlbus.core.rpc import create_channel
 from mlbus.core.service import ServiceApp
 from mlbus.core.settings import shared_env
+from mlbus.core.storage import ObjectStore, open_object_store
 from mlbus.router.adapters.registry_source import RegistrySource
 from mlbus.router.adapters.workers import ProcessBackend
+from mlbus.router.api.async_service import SERVICE_NAME as ASYNC_SERVICE_NAME
+from mlbus.router.api.async_service import AsyncInferenceService
 from mlbus.router.api.servicer import SERVICE_NAME, RouterInferenceServicer
 from mlbus.router.api.shadow import ShadowMirror
 from mlbus.router.controller import ControllerSettings, DeploymentController
 from mlbus.router.domain.routing import RoutingTable
 from mlbus.router.metrics import RouterMetrics
 from mlbus.router.settings import RouterSettings
+from mlbus.router.v1 import router_pb2_grpc
 
 
 class RouterApp(ServiceApp):
@@ -45,6 +49,21 @@ class RouterApp(ServiceApp):
             default_timeout_s=settings.grpc.default_deadline_s,
         )
         self.server.add_generic_handler(self.servicer.handler(), SERVICE_NAME)
+        self.async_service = AsyncInferenceService(
+            self.table,
+            self.producer,
+            self.catalogue,
+            inline_max_bytes=settings.async_inline_max_bytes,
+            default_timeout_s=settings.async_default_timeout_s,
+            max_timeout_s=settings.async_max_timeout_s,
+        )
+        self.server.add_service(
+            router_pb2_grpc.add_RouterServiceServicer_to_server,
+            self.async_service,
+            ASYNC_SERVICE_NAME,
+        )
+        self._store: ObjectStore | None = None
+        self.on_start(self._open_store)
         # Workers inherit this process's environment (PATH, virtualenv), then the router's
         # effective shared settings (same bus, object store, telemetry), then worker_env.
         base_env = {**os.environ, **shared_env(settings), **settings.worker_env}
@@ -90,11 +109,21 @@ class RouterApp(ServiceApp):
                 )
             )
             self.on_start(self._start_source)
+        self.on_stop(self._close_store)
         # Stop hooks run in reverse: workers last, after the shadow copies.
         self.on_stop(self.controller.stop)
         self.on_stop(self.shadow.stop)
         if self.source is not None:
             self.on_stop(self.source.stop)
+
+    async def _open_store(self) -> None:
+        self._store = await open_object_store(self.router_settings.storage)
+        self.async_service.store = self._store
+
+    async def _close_store(self) -> None:
+        if self._store is not None:
+            await self._store.aclose()
+            self._store = None
 
     async def _start_source(self) -> None:
         assert self.source is not None

@@ -50,6 +50,14 @@ class RouterSettings(ServiceSettings):
     worker_restart_backoff_max_s: float = Field(default=30.0, gt=0)
     """Longest delay between restarts of a crash-looping worker."""
 
+    # --- asynchronous inference ------------------------------------------------------------
+    async_inline_max_bytes: int = Field(default=128 * 1024, ge=0)
+    """Largest request carried on the request topic itself; larger ones go to the object store and the topic carries a reference."""
+    async_default_timeout_s: float = Field(default=3600.0, gt=0)
+    """Deadline of an asynchronous inference that asks for none (from acceptance)."""
+    async_max_timeout_s: float = Field(default=86400.0, gt=0)
+    """Longest deadline an asynchronous inference may ask for."""
+
     # --- front door ----------------------------------------------------------------------
     shadow_max_in_flight: int = Field(default=64, ge=1)
     """Mirrored requests outstanding at once; more are dropped (counted), never queued."""

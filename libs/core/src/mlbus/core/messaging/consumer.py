@@ -109,6 +109,21 @@ class Event(Generic[M]):
 Handler = Callable[[Event[Any]], Awaitable[None]]
 
 
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record that was sent to its dead-letter topic (given to ``on_dead_letter``)."""
+
+    topic: Topic[Any]
+    key: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    partition: int
+    offset: int
+    error: BaseException
+
+
+DeadLetterHook = Callable[[DeadLetter], Awaitable[None]]
+
+
 # --- telemetry --------------------------------------------------------------------------------
 
 _tracer = trace.get_tracer(INSTRUMENTATION)
@@ -225,6 +240,8 @@ class EventConsumer:
         source: str,
         producer: EventProducer | None = None,
         retry_on: tuple[type[BaseException], ...] = (RetryableError,),
+        on_dead_letter: DeadLetterHook | None = None,
+        concurrent_partitions: bool = False,
     ) -> None:
         if not topics:
             raise ValueError("EventConsumer needs at least one topic")
@@ -239,6 +256,10 @@ class EventConsumer:
         self._by_name = by_name
         self._handler = handler
         self._retry_on = retry_on
+        #: Called after a record went to the DLQ (e.g. to tell its sender); errors are logged.
+        self._on_dead_letter = on_dead_letter
+        #: Handle the partitions of one poll concurrently (order is kept within a partition).
+        self.concurrent_partitions = concurrent_partitions
         self._producer = producer
         self._own_producer = producer is None
         self._consumer: AIOKafkaConsumer | None = None
@@ -417,6 +438,7 @@ class EventConsumer:
             finally:
                 self._idle = False
             touched: list[_PartitionState] = []
+            work = []
             for tp, records in batch.items():
                 state = self._states.get(tp)
                 if state is None or not records:
@@ -424,9 +446,14 @@ class EventConsumer:
                 touched.append(state)
                 if state.first_seen is None:
                     state.first_seen = records[0].offset
+                if self.concurrent_partitions:
+                    work.append(self._handle_partition(consumer, state, records))
+                    continue
                 await self._handle_partition(consumer, state, records)
                 if self._stopping:
                     break
+            if work:
+                await asyncio.gather(*work)
             await self._commit([s for s in touched if s.active])
 
     async def _handle_partition(
@@ -647,6 +674,19 @@ class EventConsumer:
             return False
         _dead_lettered.add(1, attributes)
         log.warning("record sent to %s: %s", topic.dlq_name, error, extra=where)
+        if self._on_dead_letter is not None:
+            letter = DeadLetter(
+                topic=topic,
+                key=record.key,
+                headers=tuple(record.headers),
+                partition=record.partition,
+                offset=record.offset,
+                error=error,
+            )
+            try:
+                await self._on_dead_letter(letter)
+            except Exception:
+                log.exception("dead-letter hook failed", extra=where)
         return True
 
     # --- metrics --------------------------------------------------------------------------

@@ -220,6 +220,10 @@ class RoutingTable:
         if endpoint not in self._routes:
             self._pending[endpoint] = reason
 
+    def is_pending(self, endpoint: str) -> bool:
+        """True while ``endpoint`` is known but not routed yet."""
+        return endpoint in self._pending
+
     def remove(self, endpoint: str) -> Route | None:
         """Stop routing to ``endpoint``; returns the route it had."""
         self._pending.pop(endpoint, None)

@@ -1,0 +1,1 @@
+"""Kafka handlers of the inference worker (asynchronous requests)."""

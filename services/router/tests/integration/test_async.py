@@ -1,0 +1,266 @@
+"""Asynchronous inference end to end: the router's InvokeAsync/GetAsyncResult, the request
+topic, the workers' consumer group, results in the object store, notifications."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+import uuid
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from google.protobuf import json_format
+
+from mlbus.core import async_inference as ai
+from mlbus.core.messaging import EventProducer
+from mlbus.core.messaging.envelope import JSON
+from mlbus.inference.v1 import events_pb2 as ev
+from mlbus.inference.v2 import grpc_service_pb2 as pb
+from mlbus.router.v1 import router_pb2 as rpb
+from mlbus.router.v1 import router_pb2_grpc as rpb_grpc
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
+
+
+async def deploy(stack: Any, endpoint: str, seed: int, instances: int = 1) -> int:
+    version = await stack.model(endpoint, seed=seed)
+    await stack.create(
+        endpoint,
+        [
+            {
+                "name": "main",
+                "model_group": endpoint,
+                "model_version": version,
+                "instance_count": instances,
+            }
+        ],
+    )
+    return version
+
+
+async def result_of(stub: Any, endpoint: str, inference_id: str, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await stub.GetAsyncResult(
+            rpb.GetAsyncResultRequest(endpoint=endpoint, inference_id=inference_id), timeout=5
+        )
+        if result.status != rpb.ASYNC_RESULT_STATUS_PENDING:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{inference_id} still pending after {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+def ids_of(records: list[Any], message_type: Any) -> list[str]:
+    return [message_type.FromString(r.value).inference_id for r in records]
+
+
+async def test_invoke_async_inline_and_offloaded(stack: Any, endpoint_name: str) -> None:
+    version = await deploy(stack, endpoint_name, seed=31)
+    stub = rpb_grpc.RouterServiceStub(stack.channel)
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    queued = await stub.InvokeAsync(
+        rpb.InvokeAsyncRequest(endpoint=endpoint_name, request=stack.request(endpoint_name, x)),
+        timeout=5,
+    )
+    assert not queued.input_offloaded
+    assert queued.output_uri.endswith(f"async/{endpoint_name}/{queued.inference_id}/output.pb")
+    result = await result_of(stub, endpoint_name, queued.inference_id)
+    assert result.status == rpb.ASYNC_RESULT_STATUS_SUCCEEDED
+    np.testing.assert_allclose(stack.output(result.response), stack.reference(31, x), rtol=1e-5)
+    assert result.completion.model_version == version
+    assert result.completion.variant == "main"
+    assert result.output.uri == queued.output_uri
+
+    # 300,000 rows (4.8 MB): above the inline limit, so it travels by claim check.
+    big = np.random.default_rng(0).standard_normal((300_000, 4)).astype(np.float32)
+    queued_big = await stub.InvokeAsync(
+        rpb.InvokeAsyncRequest(
+            endpoint=endpoint_name, request=stack.request(endpoint_name, big), inference_id="big-1"
+        ),
+        timeout=30,
+    )
+    assert queued_big.input_offloaded
+    assert queued_big.inference_id == "big-1"
+    result = await result_of(stub, endpoint_name, "big-1", timeout=60)
+    assert result.status == rpb.ASYNC_RESULT_STATUS_SUCCEEDED, result.error
+    np.testing.assert_allclose(
+        stack.output(result.response), stack.reference(31, big), rtol=1e-4, atol=1e-4
+    )
+
+    # A second invocation with a finished id gives the first result and runs nothing.
+    again = await stub.InvokeAsync(
+        rpb.InvokeAsyncRequest(
+            endpoint=endpoint_name,
+            request=stack.request(endpoint_name, x),
+            inference_id=queued.inference_id,
+        ),
+        timeout=5,
+    )
+    assert again.output_uri == queued.output_uri
+    records = await stack.read_topic(
+        stack.router.catalogue.async_results(endpoint_name).name, count=3, timeout=3
+    )
+    assert sorted(ids_of(records, ev.AsyncInferenceCompleted)) == sorted(
+        [queued.inference_id, "big-1"]
+    )
+
+
+async def test_failures_are_notified_and_never_block(stack: Any, endpoint_name: str) -> None:
+    await deploy(stack, endpoint_name, seed=32)
+    stub = rpb_grpc.RouterServiceStub(stack.channel)
+    catalogue = stack.router.catalogue
+    x = np.ones((1, 4), dtype=np.float32)
+
+    bad = stack.request(endpoint_name, x)
+    bad.inputs[0].datatype = "FP64"
+    queued = await stub.InvokeAsync(
+        rpb.InvokeAsyncRequest(endpoint=endpoint_name, request=bad), timeout=5
+    )
+    failed = await result_of(stub, endpoint_name, queued.inference_id)
+    assert failed.status == rpb.ASYNC_RESULT_STATUS_FAILED
+    assert failed.error.code == "INVALID_ARGUMENT"
+    assert "input 'x'" in failed.error.message
+
+    producer = EventProducer(stack.settings.kafka, source="test-producer")
+    await producer.start()
+    try:
+        requests = catalogue.async_requests(endpoint_name)
+        # Past its deadline before any worker saw it: EXPIRED, not run.
+        past = str(int(time.time() * 1000) - 1000).encode()
+        await producer.publish(
+            requests,
+            stack.request(endpoint_name, x),
+            key="late-1",
+            headers=[(ai.H_INFERENCE_ID, b"late-1"), (ai.H_DEADLINE, past)],
+        )
+        # Poison bytes: dead-lettered, and its sender is told.
+        await producer.publish_raw(
+            requests.name,
+            b"\xff\x00garbage",
+            key=b"poison-1",
+            headers=[(ai.H_INFERENCE_ID, b"poison-1"), ("content-type", b"application/x-protobuf")],
+        )
+        # A producer's v2 JSON body straight on the topic, with a reply topic.
+        reply = f"{catalogue.name('test-replies')}-{uuid.uuid4().hex[:6]}"
+        body = json.loads(json_format.MessageToJson(stack.request(endpoint_name, x)))
+        await producer.publish(
+            requests,
+            json_format.ParseDict(body, pb.ModelInferRequest()),
+            key="json-1",
+            content_type=JSON,
+            headers=[(ai.H_INFERENCE_ID, b"json-1"), (ai.H_REPLY_TOPIC, reply.encode())],
+        )
+    finally:
+        await producer.stop()
+
+    expired = await result_of(stub, endpoint_name, "late-1")
+    assert expired.status == rpb.ASYNC_RESULT_STATUS_EXPIRED
+    assert expired.error.code == "DEADLINE_EXCEEDED"
+    poisoned = await result_of(stub, endpoint_name, "poison-1")
+    assert poisoned.status == rpb.ASYNC_RESULT_STATUS_FAILED
+    assert "sent to" in poisoned.error.message
+    assert ".dlq" in poisoned.error.message
+    ok = await result_of(stub, endpoint_name, "json-1")
+    assert ok.status == rpb.ASYNC_RESULT_STATUS_SUCCEEDED
+    np.testing.assert_allclose(stack.output(ok.response), stack.reference(32, x), rtol=1e-5)
+
+    dlq = await stack.read_topic(catalogue.async_requests(endpoint_name).dlq_name, count=1)
+    assert [r.key for r in dlq] == [b"poison-1"]
+    errors = await stack.read_topic(catalogue.async_errors(endpoint_name).name, count=3)
+    assert sorted(ids_of(errors, ev.AsyncInferenceFailed)) == sorted(
+        [queued.inference_id, "late-1", "poison-1"]
+    )
+    replies = await stack.read_topic(reply, count=1)
+    assert ids_of(replies, ev.AsyncInferenceCompleted) == ["json-1"]
+
+
+async def test_bad_invocations_are_refused(stack: Any, endpoint_name: str) -> None:
+    await deploy(stack, endpoint_name, seed=33)
+    stub = rpb_grpc.RouterServiceStub(stack.channel)
+    x = np.ones((1, 4), dtype=np.float32)
+    cases = {
+        "unknown": (
+            rpb.InvokeAsyncRequest(endpoint="no-such-endpoint", request=stack.request("", x)),
+            grpc.StatusCode.NOT_FOUND,
+            "not deployed",
+        ),
+        "no input": (
+            rpb.InvokeAsyncRequest(endpoint=endpoint_name),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "input: give either",
+        ),
+        "bad id": (
+            rpb.InvokeAsyncRequest(
+                endpoint=endpoint_name, request=stack.request("", x), inference_id="a/b"
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "inference_id 'a/b'",
+        ),
+        "other model": (
+            rpb.InvokeAsyncRequest(endpoint=endpoint_name, request=stack.request("other", x)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "request.model_name 'other'",
+        ),
+        "missing uri": (
+            rpb.InvokeAsyncRequest(
+                endpoint=endpoint_name,
+                input_uri=stack.router.async_service.store.uri_for("nope/x.pb"),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "input_uri",
+        ),
+        "timeout": (
+            rpb.InvokeAsyncRequest(
+                endpoint=endpoint_name, request=stack.request("", x), timeout_seconds=1e9
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "timeout_seconds",
+        ),
+    }
+    for name, (request, code, text) in cases.items():
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.InvokeAsync(request, timeout=5)
+        assert info.value.code() is code, name
+        assert text in (info.value.details() or ""), (name, info.value.details())
+
+
+async def test_killed_worker_loses_and_duplicates_nothing(stack: Any, endpoint_name: str) -> None:
+    await deploy(stack, endpoint_name, seed=34, instances=2)
+    stub = rpb_grpc.RouterServiceStub(stack.channel)
+    x = np.ones((1, 4), dtype=np.float32)
+    n = 300
+    ids = [f"bulk-{i}" for i in range(n)]
+    for start in range(0, n, 50):
+        await asyncio.gather(
+            *(
+                stub.InvokeAsync(
+                    rpb.InvokeAsyncRequest(
+                        endpoint=endpoint_name, request=stack.request("", x), inference_id=i
+                    ),
+                    timeout=10,
+                )
+                for i in ids[start : start + 50]
+            )
+        )
+    os.kill(stack.workers(endpoint_name)[0]["pid"], signal.SIGKILL)
+    results = [await result_of(stub, endpoint_name, i, timeout=90) for i in ids]
+    assert {r.status for r in results} == {rpb.ASYNC_RESULT_STATUS_SUCCEEDED}
+    store = stack.router.async_service.store
+    outputs = [
+        o async for o in store.list(f"async/{endpoint_name}/") if o.uri.endswith("/output.pb")
+    ]
+    assert len(outputs) == n
+    notes = await stack.read_topic(
+        stack.router.catalogue.async_results(endpoint_name).name, count=n, timeout=30
+    )
+    seen = ids_of(notes, ev.AsyncInferenceCompleted)
+    assert set(seen) == set(ids)
+    # A duplicate can only be the crash window's re-send, with the same event id.
+    event_ids = {dict(r.headers)["ce_id"] for r in notes}
+    assert len(event_ids) == n
