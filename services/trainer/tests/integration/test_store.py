@@ -1,0 +1,111 @@
+"""The jobs store on real SQLite and PostgreSQL: migrations, idempotent insert, one winner
+per claim, conditional transitions with their outbox events, pages and logs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from mlbus.trainer.adapters.database import Database, JobFilter, SqlJobStore
+from mlbus.trainer.domain.models import Job, JobKind, JobSpec, JobStatus, LogLine
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqlJobStore]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    database = Database(url)
+    await database.start(migrate=True)
+    try:
+        yield SqlJobStore(database, "writer")
+    finally:
+        if request.param == "postgresql":
+            async with database.transaction() as conn:
+                await conn.execute(
+                    text("DELETE FROM jobs; DELETE FROM job_logs; DELETE FROM outbox")
+                )
+        await database.aclose()
+
+
+def job(job_id: str, minute: int = 0) -> Job:
+    return Job(
+        job_id=job_id,
+        kind=JobKind.TRAINING,
+        experiment="exp",
+        spec=JobSpec(algorithm="linear-regression", input_uri="/x.csv", target_column="y"),
+        actor="alice",
+        create_time=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=minute),
+    )
+
+
+def event(j: Job) -> tuple[str, bytes]:
+    return f"{j.job_id}/{j.status.value}", j.status.value.encode()
+
+
+async def test_insert_claim_transition_and_events(store: SqlJobStore) -> None:
+    _, new = await store.insert(job("a"), event)
+    assert new
+    again, new = await store.insert(job("a").model_copy(update={"actor": "mallory"}), event)
+    assert not new
+    assert again.actor == "alice"
+
+    lease = datetime.now(UTC) + timedelta(seconds=30)
+    claims = await asyncio.gather(*(store.claim("a", f"t{i}", lease) for i in range(4)))
+    winners = [c for c in claims if c is not None]
+    assert len(winners) == 1
+    holder = winners[0].trainer_id
+    assert await store.claimable(10) == []
+
+    other = "t9" if holder != "t9" else "t8"
+    assert (
+        await store.transition(
+            "a", expect=[JobStatus.PENDING], holder=other, status=JobStatus.RUNNING
+        )
+        is None
+    )
+    running = await store.transition(
+        "a",
+        expect=[JobStatus.PENDING],
+        holder=holder,
+        event=event,
+        status=JobStatus.RUNNING,
+        start_time=datetime.now(UTC),
+    )
+    assert running is not None
+    assert running.status == JobStatus.RUNNING
+    assert running.start_time is not None
+    assert running.start_time.tzinfo is not None
+    events = await store.pending_events(["writer"], 10)
+    assert [e.event_id for e in events] == ["a/PENDING", "a/RUNNING"]
+    await store.mark_sent([e.id for e in events])
+    assert await store.pending_events(["writer"], 10) == []
+    flagged = await store.request_stop("a", "stopped by bob")
+    assert flagged is not None
+    assert await store.renew(holder, ["a"], lease) == {"a"}
+
+
+async def test_pages_newest_first_and_logs(store: SqlJobStore) -> None:
+    for i in range(5):
+        await store.insert(job(f"j{i}", minute=i))
+    first, token = await store.list_jobs(JobFilter(experiment="exp"), page_size=2)
+    assert [j.job_id for j in first] == ["j4", "j3"]
+    second, token = await store.list_jobs(
+        JobFilter(experiment="exp"), page_size=2, page_token=token
+    )
+    third, token = await store.list_jobs(JobFilter(experiment="exp"), page_size=2, page_token=token)
+    assert [j.job_id for j in second + third] == ["j2", "j1", "j0"]
+    assert token == ""
+
+    now = datetime.now(UTC)
+    await store.append_logs(
+        "j0", [LogLine(number=n, time=now, text=f"line {n}") for n in range(1, 6)]
+    )
+    assert await store.last_log_number("j0") == 5
+    assert [x.text for x in await store.read_logs("j0", 4, 10)] == ["line 4", "line 5"]
