@@ -124,7 +124,7 @@ class Worker:
                 inter_op_threads=s.inter_op_threads,
                 graph_optimization=s.graph_optimization,
             )
-            await asyncio.to_thread(model.warm_up, s.warmup_runs)
+            warm_run_s = await asyncio.to_thread(model.warm_up, s.warmup_runs)
         except ModelLoadError as exc:
             self.state = ModelState.FAILED
             log.error("model load failed: %s", exc, extra=context)
@@ -141,6 +141,7 @@ class Worker:
             preferred_batch_sizes=s.preferred_batch_sizes,
             max_concurrent_runs=s.max_concurrent_runs,
             inline_run_max_us=s.inline_run_max_us,
+            warm_run_s=warm_run_s,
         )
         engine.start()
         self.engine = engine

@@ -12,11 +12,13 @@ turned off for good.
 
 Inline runs: handing a run to a thread and back costs tens of microseconds of event-loop
 work plus two GIL hand-overs, far more than a small model's run (~10 µs for a small MLP).
-So every run is timed (:class:`RunCost`), and a request whose estimated run time is at most
-``inline_run_max_us`` runs on the loop, synchronously, when nothing else is running or
-queued (with batching on, only when ``max_queue_delay_us`` is 0: a request that would wait
-for others is never run inline). A request would run alone at that moment anyway; inline
-it just skips the hand-off. Until a run has been timed, runs go to the threads.
+So every run is timed (:class:`RunCost`, seeded by the warm-up), and a request whose
+estimated run time is at most ``inline_run_max_us`` runs on the loop, synchronously, when
+nothing else is running or queued (with batching on, only when ``max_queue_delay_us`` is 0:
+a request that would wait for others is never run inline). A request would run alone at
+that moment anyway; inline it just skips the hand-off. Until a run has been timed, runs go
+to the threads; a request estimated at up to 4× the limit still runs inline now and then
+(one in 8), so that the estimate follows the model's real inline cost.
 """
 
 from __future__ import annotations
@@ -55,37 +57,58 @@ _tracer = trace.get_tracer("mlbus.inference")
 
 
 class RunCost:
-    """Running estimate of a session run's duration, from the runs timed so far.
+    """Running estimates of how long a session run takes, from the runs timed so far.
 
-    An exponentially weighted average that follows a faster run quickly and a slower one
-    slowly (a run can be slowed by a busy machine, never sped up). Requests with more rows
-    than usual are assumed to cost proportionally more; fewer rows are never assumed
+    Two exponentially weighted averages: of runs made inline (wall time: what they cost the
+    loop) and of runs made in threads (that thread's CPU time, which waiting for the GIL
+    does not inflate). A run timed inline can only look slower than it is (another thread
+    held the GIL when it wanted it back, the machine was busy), so that average follows a
+    faster run quickly and a slower one slowly. A thread run usually looks slower than the
+    same run inline (it starts on a cold cache: ~27 µs in a thread for a run of ~9 µs
+    inline, for a small MLP here). The estimate is the lower of the two. Requests with more
+    rows than usual are assumed to cost proportionally more; fewer rows are never assumed
     cheaper than a usual run.
     """
 
-    __slots__ = ("rows", "seconds")
+    __slots__ = ("inline", "rows", "threaded")
+
+    #: Weight of the newest timing: thread runs; inline runs faster / slower than usual.
+    ALPHA = 0.25
+    ALPHA_DOWN = 0.5
+    ALPHA_UP = 0.1
 
     def __init__(self) -> None:
-        self.seconds: float | None = None
-        """Estimated seconds of a usual run; None until one was timed."""
+        self.inline: float | None = None
+        """Estimated seconds of a usual run made inline; None until one was."""
+        self.threaded: float | None = None
+        """Estimated seconds of a usual run made in a thread (or in the warm-up)."""
         self.rows = 1.0
         """Rows of a usual run (weighted average)."""
 
-    def observe(self, seconds: float, rows: int) -> None:
+    def observe(self, seconds: float, rows: int, *, inline: bool) -> None:
         """A run of ``rows`` rows took ``seconds`` (called from the loop and from threads;
         a lost update under a race only delays the estimate)."""
-        current = self.seconds
-        if current is None:
-            self.seconds, self.rows = seconds, float(rows)
-            return
-        self.seconds = current + (0.5 if seconds < current else 0.1) * (seconds - current)
-        self.rows += 0.1 * (rows - self.rows)
+        if inline:
+            current = self.inline
+            if current is None:
+                self.inline = seconds
+            else:
+                alpha = self.ALPHA_DOWN if seconds < current else self.ALPHA_UP
+                self.inline = current + alpha * (seconds - current)
+        else:
+            current = self.threaded
+            self.threaded = (
+                seconds if current is None else current + self.ALPHA * (seconds - current)
+            )
+        self.rows += self.ALPHA * (rows - self.rows)
 
     def estimate(self, rows: int) -> float:
-        """Expected seconds of a run over ``rows`` rows (infinite before the first timing)."""
-        if self.seconds is None:
+        """Expected seconds of an inline run over ``rows`` rows (infinite before the first
+        timing)."""
+        known = [s for s in (self.inline, self.threaded) if s is not None]
+        if not known:
             return math.inf
-        return self.seconds * max(1.0, rows / self.rows)
+        return min(known) * max(1.0, rows / self.rows)
 
 
 class InferenceEngine:
@@ -101,13 +124,17 @@ class InferenceEngine:
         preferred_batch_sizes: Sequence[int] = (),
         max_concurrent_runs: int = 1,
         inline_run_max_us: int = 0,
+        warm_run_s: float | None = None,
     ) -> None:
         self.runner = runner
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         #: Estimated cost of a session run (decides inline runs).
         self.cost = RunCost()
+        if warm_run_s is not None:
+            self.cost.observe(warm_run_s, 1, inline=False)
         self._inline_max_s = inline_run_max_us / 1e6
+        self._probe_in = self.PROBE_EVERY
         # With a queue delay, a request waits for others on purpose: never inline then.
         self._inline_with_batcher = max_queue_delay_us == 0
         self._threaded = 0  # unbatched runs handed to the executor and not finished
@@ -150,13 +177,28 @@ class InferenceEngine:
             await self._batcher.stop()
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
 
+    #: One request in this many that could run inline but is estimated at up to
+    #: PROBE_FACTOR × the limit runs inline anyway, so an estimate pushed up by a busy
+    #: moment (or by thread timings) can come back down.
+    PROBE_EVERY: Final = 8
+    PROBE_FACTOR: Final = 4
+
     def _may_run_inline(self, rows: int) -> bool:
-        if self._threaded or self.cost.estimate(rows) > self._inline_max_s:
+        if self._threaded:
             return False
         batcher = self._batcher
-        if batcher is None or self._split_failed.is_set():
+        batching = batcher is not None and not self._split_failed.is_set()
+        if batching and not (self._inline_with_batcher and batcher is not None and batcher.idle):
+            return False
+        estimate = self.cost.estimate(rows)
+        if estimate <= self._inline_max_s:
             return True
-        return self._inline_with_batcher and batcher.idle
+        if estimate <= self.PROBE_FACTOR * self._inline_max_s:
+            self._probe_in -= 1
+            if self._probe_in <= 0:
+                self._probe_in = self.PROBE_EVERY
+                return True
+        return False
 
     async def infer(self, inputs: dict[str, Array], outputs: tuple[str, ...]) -> Outputs:
         """Compute ``outputs`` for validated ``inputs``; raises the model's errors."""
@@ -164,7 +206,7 @@ class InferenceEngine:
         count = rows or 1
         if self._inline_max_s > 0 and self._may_run_inline(count):
             self.metrics.session_run(count, inline=True)
-            return self._run_one(inputs, outputs, None, count)
+            return self._run_one(inputs, outputs, None, count, inline=True)
         if rows is not None and 0 < rows <= self.max_batch_size:
             batcher = self._batcher
             if batcher is not None and not self._split_failed.is_set():
@@ -182,16 +224,20 @@ class InferenceEngine:
 
     # --- session runs (executor threads, or the loop for inline runs) ----------------
 
-    def _timed_run(self, inputs: Mapping[str, Array], outputs: Sequence[str], rows: int) -> Outputs:
-        # CPU time of this thread, not wall time: a run in an executor thread also waits for
-        # the GIL (up to the 5 ms switch interval while the loop is busy), which says nothing
-        # about what the run would cost inline. ONNX Runtime's intra-op threads share the
-        # work with the calling thread, so its CPU time still tracks the run's duration.
-        started = time.thread_time()
+    def _timed_run(
+        self, inputs: Mapping[str, Array], outputs: Sequence[str], rows: int, *, inline: bool
+    ) -> Outputs:
+        # Inline, the wall time is what the run cost the loop. In an executor thread, the
+        # wall time would include waiting for the GIL after the run (up to the 5 ms switch
+        # interval while the loop is busy), which says nothing about the run; the thread's
+        # CPU time does not (ONNX Runtime's intra-op threads share the work with the calling
+        # thread, so it still tracks the run's duration).
+        clock = time.perf_counter if inline else time.thread_time
+        started = clock()
         try:
             return self.runner.run(inputs, outputs)
         finally:
-            self.cost.observe(time.thread_time() - started, rows)
+            self.cost.observe(clock() - started, rows, inline=inline)
 
     def _run_one(
         self,
@@ -199,18 +245,20 @@ class InferenceEngine:
         outputs: Sequence[str],
         ctx: otel_context.Context | None,
         rows: int,
+        *,
+        inline: bool = False,
     ) -> Outputs:
         # The run's span is only worth its cost (tens of µs) when it is recorded: its parent
         # (the request's server span) is, or there is none and the sampler may pick it.
         parent = trace.get_current_span(ctx)
         if parent.get_span_context().is_valid and not parent.is_recording():
-            return self._timed_run(inputs, outputs, rows)
+            return self._timed_run(inputs, outputs, rows, inline=inline)
         with _tracer.start_as_current_span(
             SPAN_NAME,
             context=ctx,
             attributes={"mlbus.batch.requests": 1, "mlbus.batch.rows": rows},
         ):
-            return self._timed_run(inputs, outputs, rows)
+            return self._timed_run(inputs, outputs, rows, inline=inline)
 
     def _run_batch(self, batch: Sequence[Pending]) -> list[Outcome]:
         if len(batch) == 1:
@@ -234,7 +282,8 @@ class InferenceEngine:
             try:
                 merged = merge_inputs([item.inputs for item in batch])
                 total = sum(rows)
-                pieces = split_outputs(self._timed_run(merged, self._all_outputs, total), rows)
+                merged_outputs = self._timed_run(merged, self._all_outputs, total, inline=False)
+                pieces = split_outputs(merged_outputs, rows)
             except Exception as exc:
                 span.record_exception(exc)
                 if isinstance(exc, BatchSplitError) and not self._split_failed.is_set():
