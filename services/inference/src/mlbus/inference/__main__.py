@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+from mlbus.core.process import die_with_parent
 from mlbus.core.service import run_service
 from mlbus.inference.app import build_app
 from mlbus.inference.domain.errors import ModelLoadError
@@ -19,6 +20,7 @@ EXIT_MODEL_LOAD_FAILED = 3
 
 def main() -> None:
     """Settings → logging/telemetry → app (model loaded and warm) → run until a signal."""
+    die_with_parent()  # a worker started by the router's controller dies with the router
     settings = InferenceSettings()
     if settings.gil_switch_interval_us:
         # Process-wide, so set here and not by the app (which tests run in their process).

@@ -226,8 +226,9 @@ class LocalStack:
             }
         )
         registry = self._ports.get("registry")
-        if spec.name == "router" and registry is not None:
-            env.setdefault("ROUTER_REGISTRY_ADDRESS", f"127.0.0.1:{registry[0]}")
+        if registry is not None and "registry_address" in spec.settings_class().model_fields:
+            # Services that call the registry (router, trainer) learn where it listens.
+            env.setdefault(f"{prefix}REGISTRY_ADDRESS", f"127.0.0.1:{registry[0]}")
         return env
 
     def _ports_for(self, spec: ServiceSpec) -> tuple[int, int]:

@@ -3,18 +3,17 @@
 A worker is ``python -m mlbus.inference`` with its ``INFERENCE_*`` settings and the stack's
 shared ``MLBUS_*`` settings in its environment, on a port the backend picks on loopback.
 Its output goes to a log file of its own. Workers die with the router (Linux parent-death
-signal), so a killed router leaves no orphan serving stale models.
+signal, which the worker sets itself: :func:`mlbus.core.process.die_with_parent`), so a
+killed router leaves no orphan serving stale models.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from typing import Final
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from mlbus.core.process import PARENT_PID_ENV
 from mlbus.core.rpc import channel_options
 from mlbus.core.settings import GrpcSettings
 from mlbus.inference.v2 import grpc_service_pb2 as pb
@@ -40,21 +40,12 @@ _READY: Final = f"/{SERVICE}/ModelReady"
 #: Exit status of a worker whose model could not be loaded (see services/inference).
 EXIT_LOAD_FAILED: Final = 3
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-_PR_SET_PDEATHSIG: Final = 1
 
 
 def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: ask the kernel to SIGTERM it when the
-    # router dies, however it dies.
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 class WorkerClient:
@@ -178,6 +169,8 @@ class ProcessBackend:
             "INFERENCE_HOST": self.host,
             "INFERENCE_GRPC_PORT": str(port),
             "INFERENCE_METRICS_PORT": "0",
+            # The worker asks the kernel to stop it when the router dies (see mlbus.core.process).
+            PARENT_PID_ENV: str(os.getpid()),
         }
         log_path = self.log_dir / f"{_SAFE.sub('_', instance_id)}.log"
         with log_path.open("ab") as log_file:
@@ -187,7 +180,6 @@ class ProcessBackend:
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )
         host = f"[{self.host}]" if ":" in self.host else self.host
         worker = WorkerProcess(instance_id, spec, f"{host}:{port}", log_path, process)
