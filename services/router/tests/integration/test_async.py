@@ -264,3 +264,79 @@ async def test_killed_worker_loses_and_duplicates_nothing(stack: Any, endpoint_n
     # A duplicate can only be the crash window's re-send, with the same event id.
     event_ids = {dict(r.headers)["ce_id"] for r in notes}
     assert len(event_ids) == n
+
+
+async def test_async_predictor_and_cli(stack: Any, endpoint_name: str) -> None:
+    from click.testing import CliRunner
+
+    from mlbus.sdk import AsyncPredictor
+    from mlbus.sdk.cli import cli
+    from mlbus.sdk.errors import InvalidArgument
+
+    await deploy(stack, endpoint_name, seed=35)
+    rows = np.arange(12, dtype=np.float64).reshape(3, 4)
+
+    def run() -> dict[str, Any]:
+        with AsyncPredictor(endpoint_name, stack.router_target, poll_interval=0.05) as predictor:
+            prediction = predictor.predict(rows, timeout=60)
+            job = predictor.invoke(rows, inference_id="sdk-1")
+            done = predictor.result("sdk-1", timeout=60)
+            bad = predictor.invoke(
+                request=stack.request(endpoint_name, np.ones((1, 3), np.float32))
+            )
+            try:
+                predictor.predict(np.ones((1, 3)), timeout=60)
+                refused = ""
+            except InvalidArgument as exc:
+                refused = str(exc)
+            failed = predictor.result(bad.inference_id, timeout=60)
+        runner = CliRunner()
+        base = ["--router", stack.router_target]
+        waited = runner.invoke(
+            cli, ["invoke-async", endpoint_name, *base, "--data", "[[1,2,3,4]]", "--wait", "--json"]
+        )
+        queued = runner.invoke(
+            cli,
+            [
+                "invoke-async",
+                endpoint_name,
+                *base,
+                "--data",
+                "[[1,2,3,4]]",
+                "--id",
+                "cli-2",
+                "--json",
+            ],
+        )
+        status = runner.invoke(
+            cli, ["async-result", endpoint_name, "cli-2", *base, "--wait", "--json"]
+        )
+        return {
+            "prediction": prediction,
+            "job": job,
+            "done": done,
+            "failed": failed,
+            "refused": refused,
+            "waited": waited,
+            "queued": queued,
+            "status": status,
+        }
+
+    out = await asyncio.to_thread(run)
+    expected = stack.reference(35, rows.astype(np.float32))
+    np.testing.assert_allclose(out["prediction"]["y"], expected, rtol=1e-5)
+    assert out["prediction"].variant == "main"
+    assert out["job"].inference_id == "sdk-1"
+    assert out["done"].status == "SUCCEEDED"
+    np.testing.assert_allclose(out["done"].prediction["y"], expected, rtol=1e-5)
+    assert out["failed"].status == "FAILED"
+    assert out["failed"].error_code == "INVALID_ARGUMENT"
+    # predict() raises the class of the failure's status, with the worker's message.
+    assert "input 'x'" in out["refused"]
+    for name in ("waited", "queued", "status"):
+        assert out[name].exit_code == 0, (name, out[name].output)
+    waited = json.loads(out["waited"].output)
+    assert waited["status"] == "SUCCEEDED"
+    assert waited["result"]["outputs"][0]["shape"] == [1, 1]
+    assert json.loads(out["queued"].output)["inference_id"] == "cli-2"
+    assert json.loads(out["status"].output)["status"] == "SUCCEEDED"

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ModelInfo", "Prediction", "Predictor", "TensorInfo"]
+__all__ = ["AsyncPredictor", "AsyncResult", "ModelInfo", "Prediction", "Predictor", "TensorInfo"]
 
 
 def __getattr__(name: str) -> Any:
+    if name in ("AsyncPredictor", "AsyncResult"):
+        from mlbus.sdk import async_predictor
+
+        return getattr(async_predictor, name)
     if name in __all__:
         from mlbus.sdk import predictor
 

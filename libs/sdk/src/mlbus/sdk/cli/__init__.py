@@ -9,7 +9,7 @@ from mlbus.sdk.cli.experiments import experiments
 from mlbus.sdk.cli.jobs import jobs
 from mlbus.sdk.cli.local import broker, down, health, status, up
 from mlbus.sdk.cli.models import models
-from mlbus.sdk.cli.predict import predict
+from mlbus.sdk.cli.predict import async_result, invoke_async, predict
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,7 +18,20 @@ def cli() -> None:
     """mlbus: deploy, run and govern models on your own machines."""
 
 
-for command in (broker, up, status, down, health, models, endpoints, predict, jobs, experiments):
+for command in (
+    broker,
+    up,
+    status,
+    down,
+    health,
+    models,
+    endpoints,
+    predict,
+    invoke_async,
+    async_result,
+    jobs,
+    experiments,
+):
     cli.add_command(command)
 
 

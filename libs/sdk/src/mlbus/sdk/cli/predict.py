@@ -115,6 +115,49 @@ def _load(input_path: str | None, data: str | None) -> tuple[str, Any]:
         ) from None
 
 
+def _request(
+    predictor: Any,
+    kind: str,
+    parsed: Any,
+    *,
+    outputs: tuple[str, ...],
+    model_version: str,
+    inference_id: str,
+    target_variant: str,
+) -> Any:
+    """The v2 request for the loaded input (see the module docstring)."""
+    from mlbus.sdk.predictor import build_request
+
+    endpoint = predictor.endpoint
+    if kind == "json" and isinstance(parsed, dict) and "inputs" in parsed:
+        request = _v2_request(endpoint, parsed)
+        request.model_version = model_version
+        if inference_id:
+            request.id = inference_id
+        for name in outputs:
+            request.outputs.add(name=name)
+        if target_variant:
+            request.parameters["target_variant"].string_param = target_variant
+        return request
+    info = predictor.metadata()
+    if isinstance(parsed, dict) and "__matrix__" in parsed:
+        columns, matrix = parsed["__columns__"], parsed["__matrix__"]
+        names = [t.name for t in info.inputs]
+        if len(names) > 1 or columns == names:
+            parsed = {c: matrix[:, i] for i, c in enumerate(columns) if c in names}
+        else:
+            parsed = matrix
+    return build_request(
+        endpoint,
+        info,
+        parsed,
+        outputs=outputs,
+        model_version=model_version,
+        inference_id=inference_id,
+        target_variant=target_variant,
+    )
+
+
 def _show(prediction: Any) -> None:
     console.print(
         f"endpoint [bold]{prediction.model_name}[/] · variant [bold]{prediction.variant or '-'}[/]"
@@ -208,39 +251,176 @@ def predict(
     as_json: bool,
 ) -> None:
     """Run ENDPOINT's model on the input and print its outputs."""
-    from mlbus.sdk.predictor import Predictor, build_request
+    from mlbus.sdk.predictor import Predictor
 
     kind, parsed = _load(input_path, data)
     with Predictor(endpoint, router, timeout=timeout, target_variant=target_variant) as predictor:
-        if kind == "json" and isinstance(parsed, dict) and "inputs" in parsed:
-            request = _v2_request(endpoint, parsed)
-            request.model_version = model_version
-            if inference_id:
-                request.id = inference_id
-            for name in outputs:
-                request.outputs.add(name=name)
-            if target_variant:
-                request.parameters["target_variant"].string_param = target_variant
-        else:
-            info = predictor.metadata()
-            if isinstance(parsed, dict) and "__matrix__" in parsed:
-                columns, matrix = parsed["__columns__"], parsed["__matrix__"]
-                names = [t.name for t in info.inputs]
-                if len(names) > 1 or columns == names:
-                    parsed = {c: matrix[:, i] for i, c in enumerate(columns) if c in names}
-                else:
-                    parsed = matrix
-            request = build_request(
-                endpoint,
-                info,
-                parsed,
-                outputs=outputs,
-                model_version=model_version,
-                inference_id=inference_id,
-                target_variant=target_variant,
-            )
+        request = _request(
+            predictor,
+            kind,
+            parsed,
+            outputs=outputs,
+            model_version=model_version,
+            inference_id=inference_id,
+            target_variant=target_variant,
+        )
         prediction = predictor.predict_request(request, timeout=timeout)
     if as_json:
         echo_json(_jsonable(prediction))
     else:
         _show(prediction)
+
+
+def _router_option(command: Any) -> Any:
+    return click.option(
+        "--router",
+        envvar=ROUTER_ENV,
+        default=DEFAULT_ROUTER,
+        metavar="HOST:PORT",
+        show_default=f"${ROUTER_ENV} or {DEFAULT_ROUTER}",
+        help="Address of the router.",
+    )(command)
+
+
+def _show_async(result: Any, as_json: bool) -> None:
+    if as_json:
+        echo_json(
+            {
+                "inference_id": result.inference_id,
+                "status": result.status,
+                "output_uri": result.output_uri,
+                "error": {"code": result.error_code, "message": result.error_message}
+                if result.error_code
+                else None,
+                "result": _jsonable(result.prediction) if result.prediction is not None else None,
+            }
+        )
+        return
+    console.print(f"inference {result.inference_id}: [bold]{result.status}[/]")
+    if result.prediction is not None:
+        _show(result.prediction)
+    elif result.error_code:
+        console.print(f"{result.error_code}: {result.error_message}")
+
+
+@click.command("invoke-async", cls=RegistryCommand)
+@click.argument("endpoint")
+@click.option(
+    "--input", "-i", "input_path", metavar="FILE", help="JSON or CSV file; - reads JSON from stdin."
+)
+@click.option("--data", "-d", metavar="JSON", help="The input as inline JSON instead of a file.")
+@click.option(
+    "--input-uri",
+    default="",
+    metavar="URI",
+    help="A request already in the object store (protobuf, or JSON with --input-content-type).",
+)
+@click.option(
+    "--input-content-type", default="", help="application/x-protobuf (default) or application/json."
+)
+@_router_option
+@click.option("--id", "inference_id", default="", help="Inference id (default generated).")
+@click.option(
+    "--deadline",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="Seconds the workers have for it (default: the router's, 1 hour).",
+)
+@click.option("--reply-topic", default="", help="A Kafka topic that also gets the notification.")
+@click.option("--wait", is_flag=True, help="Wait for the result and print it.")
+@click.option(
+    "--wait-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3600.0,
+    show_default=True,
+    help="Longest --wait waits, in seconds.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def invoke_async(
+    endpoint: str,
+    input_path: str | None,
+    data: str | None,
+    input_uri: str,
+    input_content_type: str,
+    router: str,
+    inference_id: str,
+    deadline: float,
+    reply_topic: str,
+    wait: bool,
+    wait_timeout: float,
+    as_json: bool,
+) -> None:
+    """Queue an inference on ENDPOINT; print its id and output location (or, with --wait,
+    its result)."""
+    from mlbus.sdk.async_predictor import AsyncPredictor
+
+    with AsyncPredictor(endpoint, router) as predictor:
+        if input_uri:
+            if input_path or data:
+                raise click.UsageError("give --input-uri, or --input/--data, not both")
+            job = predictor.invoke(
+                input_uri=input_uri,
+                input_content_type=input_content_type,
+                inference_id=inference_id,
+                deadline_s=deadline,
+                reply_topic=reply_topic,
+            )
+        else:
+            kind, parsed = _load(input_path, data)
+            request = _request(
+                predictor._predictor,
+                kind,
+                parsed,
+                outputs=(),
+                model_version="",
+                inference_id=inference_id,
+                target_variant="",
+            )
+            job = predictor.invoke(
+                request=request,
+                inference_id=inference_id,
+                deadline_s=deadline,
+                reply_topic=reply_topic,
+            )
+        if not wait:
+            if as_json:
+                echo_json(
+                    {
+                        "inference_id": job.inference_id,
+                        "output_uri": job.output_uri,
+                        "failure_uri": job.failure_uri,
+                        "input_offloaded": job.input_offloaded,
+                    }
+                )
+            else:
+                console.print(f"queued {job.inference_id} → {job.output_uri}")
+                console.print(f"result with: mlbus async-result {endpoint} {job.inference_id}")
+            return
+        result = predictor.result(job.inference_id, timeout=wait_timeout)
+    _show_async(result, as_json)
+    if result.status != "SUCCEEDED":
+        raise click.exceptions.Exit(1)
+
+
+@click.command("async-result", cls=RegistryCommand)
+@click.argument("endpoint")
+@click.argument("inference_id")
+@_router_option
+@click.option("--wait", is_flag=True, help="Wait until it is done.")
+@click.option(
+    "--wait-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3600.0,
+    show_default=True,
+    help="Longest --wait waits, in seconds.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def async_result(
+    endpoint: str, inference_id: str, router: str, wait: bool, wait_timeout: float, as_json: bool
+) -> None:
+    """Status and result of an asynchronous inference."""
+    from mlbus.sdk.async_predictor import AsyncPredictor
+
+    with AsyncPredictor(endpoint, router) as predictor:
+        result = predictor.result(inference_id, wait=wait, timeout=wait_timeout)
+    _show_async(result, as_json)
