@@ -22,6 +22,7 @@ from mlbus.inference.adapters.artifacts import StoreOpener
 from mlbus.inference.adapters.capture import CaptureIdentity, CapturePublisher
 from mlbus.inference.api.servicer import SERVICE_NAME, InferenceServicer
 from mlbus.inference.events.async_requests import AsyncRequestHandler
+from mlbus.inference.events.batch_chunks import BatchChunkHandler
 from mlbus.inference.metrics import InferenceMetrics
 from mlbus.inference.settings import InferenceSettings
 from mlbus.inference.v2 import grpc_service_pb2_grpc as pb_grpc
@@ -79,6 +80,8 @@ class InferenceApp(ServiceApp):
         self._open_store = open_store
         self.async_consumer: EventConsumer | None = None
         self.async_handler: AsyncRequestHandler | None = None
+        self.batch_consumer: EventConsumer | None = None
+        self.batch_handler: BatchChunkHandler | None = None
         self._async_store: ObjectStore | None = None
         self._async_start: asyncio.Task[None] | None = None
         if settings.serves_model and settings.async_enabled and not settings.shadow:
@@ -111,18 +114,33 @@ class InferenceApp(ServiceApp):
                 on_dead_letter=self.async_handler.on_dead_letter,
                 concurrent_partitions=True,
             )
+            self.batch_handler = BatchChunkHandler(self.worker, None, endpoint=endpoint)
+            batch_topic = cast(Topic[Any], self.catalogue.batch_chunks(endpoint))
+            self.topics.append(batch_topic)
+            self.batch_consumer = EventConsumer(
+                settings.kafka,
+                group_id=batch_group_id(endpoint),
+                topics=[batch_topic],
+                handler=self.batch_handler.handle,
+                source=self.name,
+                producer=self.producer,
+                concurrent_partitions=True,
+            )
             # Registered last, so it runs first on stop: no new async work for a stopping model.
             self.on_stop(self._stop_async)
 
     async def _start_async(self) -> None:
-        # Only once the model answered its warm-up: queued requests then run at once
-        # instead of failing on a model still loading.
+        # Only once the model answered its warm-up: queued requests and chunks then run at
+        # once instead of failing on a model still loading.
         if self.async_consumer is None or self.async_handler is None:
             return
         try:
             self._async_store = await self._open_store(self.settings.storage)
             self.async_handler.store = self._async_store
             await self.async_consumer.start()
+            if self.batch_consumer is not None and self.batch_handler is not None:
+                self.batch_handler.store = self._async_store
+                await self.batch_consumer.start()
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -134,8 +152,9 @@ class InferenceApp(ServiceApp):
             self._async_start.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._async_start
-        if self.async_consumer is not None and self.async_consumer.running:
-            await self.async_consumer.stop()
+        for consumer in (self.async_consumer, self.batch_consumer):
+            if consumer is not None and consumer.running:
+                await consumer.stop()
         if self._async_store is not None:
             await self._async_store.aclose()
             self._async_store = None
@@ -164,3 +183,8 @@ def build_app(
 def async_group_id(endpoint: str) -> str:
     """Consumer group of an endpoint's asynchronous workers (its lag is the queue depth)."""
     return f"mlbus-inference-{endpoint}-async"
+
+
+def batch_group_id(endpoint: str) -> str:
+    """Consumer group of an endpoint's workers for batch transform chunks."""
+    return f"mlbus-inference-{endpoint}-batch"

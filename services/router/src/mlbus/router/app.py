@@ -18,14 +18,16 @@ from mlbus.core.settings import shared_env
 from mlbus.core.storage import ObjectStore, open_object_store
 from mlbus.router.adapters.registry_source import RegistrySource
 from mlbus.router.adapters.workers import ProcessBackend
-from mlbus.router.api.async_service import SERVICE_NAME as ASYNC_SERVICE_NAME
 from mlbus.router.api.async_service import AsyncInferenceService
+from mlbus.router.api.router_service import SERVICE_NAME as ROUTER_SERVICE_NAME
+from mlbus.router.api.router_service import RouterServicer
 from mlbus.router.api.servicer import SERVICE_NAME, RouterInferenceServicer
 from mlbus.router.api.shadow import ShadowMirror
 from mlbus.router.controller import ControllerSettings, DeploymentController
 from mlbus.router.domain.routing import RoutingTable
 from mlbus.router.metrics import RouterMetrics
 from mlbus.router.settings import RouterSettings
+from mlbus.router.transform import TransformService
 from mlbus.router.v1 import router_pb2_grpc
 
 
@@ -57,10 +59,11 @@ class RouterApp(ServiceApp):
             default_timeout_s=settings.async_default_timeout_s,
             max_timeout_s=settings.async_max_timeout_s,
         )
+        self.transform = TransformService(self.table, self.producer, self.catalogue)
         self.server.add_service(
             router_pb2_grpc.add_RouterServiceServicer_to_server,
-            self.async_service,
-            ASYNC_SERVICE_NAME,
+            RouterServicer(self.async_service, self.transform),
+            ROUTER_SERVICE_NAME,
         )
         self._store: ObjectStore | None = None
         self.on_start(self._open_store)
@@ -119,8 +122,11 @@ class RouterApp(ServiceApp):
     async def _open_store(self) -> None:
         self._store = await open_object_store(self.router_settings.storage)
         self.async_service.store = self._store
+        self.transform.store = self._store
+        await self.transform.resume()
 
     async def _close_store(self) -> None:
+        await self.transform.stop()
         if self._store is not None:
             await self._store.aclose()
             self._store = None

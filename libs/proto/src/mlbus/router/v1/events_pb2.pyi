@@ -38,6 +38,8 @@ class _TransformJobStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Tr
     """A stop was requested; in-flight chunks are finishing."""
     TRANSFORM_JOB_STATUS_STOPPED: _TransformJobStatus.ValueType  # 6
     """Stopped on request."""
+    TRANSFORM_JOB_STATUS_COMPLETED_WITH_ERRORS: _TransformJobStatus.ValueType  # 7
+    """All records processed; some failed (listed in the error files), within the limit."""
 
 class TransformJobStatus(_TransformJobStatus, metaclass=_TransformJobStatusEnumTypeWrapper):
     """Where a batch transform job is in its life."""
@@ -55,6 +57,8 @@ TRANSFORM_JOB_STATUS_STOPPING: TransformJobStatus.ValueType  # 5
 """A stop was requested; in-flight chunks are finishing."""
 TRANSFORM_JOB_STATUS_STOPPED: TransformJobStatus.ValueType  # 6
 """Stopped on request."""
+TRANSFORM_JOB_STATUS_COMPLETED_WITH_ERRORS: TransformJobStatus.ValueType  # 7
+"""All records processed; some failed (listed in the error files), within the limit."""
 Global___TransformJobStatus: _TypeAlias = TransformJobStatus  # noqa: Y015
 
 @_typing.final

@@ -22,28 +22,56 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from mlbus.common.v1 import common_pb2 as mlbus_dot_common_dot_v1_dot_common__pb2
 from mlbus.inference.v1 import events_pb2 as mlbus_dot_inference_dot_v1_dot_events__pb2
 from mlbus.inference.v2 import grpc_service_pb2 as mlbus_dot_inference_dot_v2_dot_grpc__service__pb2
+from mlbus.router.v1 import events_pb2 as mlbus_dot_router_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmlbus/router/v1/router.proto\x12\x0fmlbus.router.v1\x1a\x1cmlbus/common/v1/common.proto\x1a\x1fmlbus/inference/v1/events.proto\x1a%mlbus/inference/v2/grpc_service.proto\"\xd5\x01\n\x12InvokeAsyncRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12/\n\x07request\x18\x02 \x01(\x0b\x32\x1c.inference.ModelInferRequestH\x00\x12\x13\n\tinput_uri\x18\x03 \x01(\tH\x00\x12\x14\n\x0cinference_id\x18\x04 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x05 \x01(\x01\x12\x1a\n\x12input_content_type\x18\x06 \x01(\t\x12\x13\n\x0breply_topic\x18\x07 \x01(\tB\x07\n\x05input\"m\n\x13InvokeAsyncResponse\x12\x14\n\x0cinference_id\x18\x01 \x01(\t\x12\x12\n\noutput_uri\x18\x02 \x01(\t\x12\x13\n\x0b\x66\x61ilure_uri\x18\x03 \x01(\t\x12\x17\n\x0finput_offloaded\x18\x04 \x01(\x08\"?\n\x15GetAsyncResultRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x14\n\x0cinference_id\x18\x02 \x01(\t\"\xe6\x02\n\x16GetAsyncResultResponse\x12\x14\n\x0cinference_id\x18\x01 \x01(\t\x12\x32\n\x06status\x18\x02 \x01(\x0e\x32\".mlbus.router.v1.AsyncResultStatus\x12/\n\x08response\x18\x03 \x01(\x0b\x32\x1d.inference.ModelInferResponse\x12*\n\x06output\x18\x04 \x01(\x0b\x32\x1a.mlbus.common.v1.ObjectRef\x12)\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x1a.mlbus.common.v1.ErrorInfo\x12\x39\n\x07\x66\x61ilure\x18\x06 \x01(\x0b\x32(.mlbus.inference.v1.AsyncInferenceFailed\x12?\n\ncompletion\x18\x07 \x01(\x0b\x32+.mlbus.inference.v1.AsyncInferenceCompleted*\xbd\x01\n\x11\x41syncResultStatus\x12#\n\x1f\x41SYNC_RESULT_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x41SYNC_RESULT_STATUS_PENDING\x10\x01\x12!\n\x1d\x41SYNC_RESULT_STATUS_SUCCEEDED\x10\x02\x12\x1e\n\x1a\x41SYNC_RESULT_STATUS_FAILED\x10\x03\x12\x1f\n\x1b\x41SYNC_RESULT_STATUS_EXPIRED\x10\x04\x32\xcc\x01\n\rRouterService\x12X\n\x0bInvokeAsync\x12#.mlbus.router.v1.InvokeAsyncRequest\x1a$.mlbus.router.v1.InvokeAsyncResponse\x12\x61\n\x0eGetAsyncResult\x12&.mlbus.router.v1.GetAsyncResultRequest\x1a\'.mlbus.router.v1.GetAsyncResultResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmlbus/router/v1/router.proto\x12\x0fmlbus.router.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cmlbus/common/v1/common.proto\x1a\x1fmlbus/inference/v1/events.proto\x1a%mlbus/inference/v2/grpc_service.proto\x1a\x1cmlbus/router/v1/events.proto\"\xec\x03\n\x10TransformJobSpec\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x11\n\tinput_uri\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12.\n\nsplit_type\x18\x04 \x01(\x0e\x32\x1a.mlbus.router.v1.SplitType\x12\x36\n\x0e\x62\x61tch_strategy\x18\x05 \x01(\x0e\x32\x1e.mlbus.router.v1.BatchStrategy\x12\x16\n\x0emax_payload_mb\x18\x06 \x01(\x01\x12\x1d\n\x15max_records_per_batch\x18\x07 \x01(\x05\x12\x19\n\x11records_per_chunk\x18\x08 \x01(\x05\x12\x12\n\noutput_uri\x18\t \x01(\t\x12\x17\n\ncsv_header\x18\n \x01(\x08H\x00\x88\x01\x01\x12\x14\n\x0cinput_filter\x18\x0b \x01(\t\x12\x30\n\x0bjoin_source\x18\x0c \x01(\x0e\x32\x1b.mlbus.router.v1.JoinSource\x12\x15\n\routput_filter\x18\r \x01(\t\x12 \n\x13max_failure_percent\x18\x0e \x01(\x01H\x01\x88\x01\x01\x12\x0e\n\x06job_id\x18\x0f \x01(\tB\r\n\x0b_csv_headerB\x16\n\x14_max_failure_percent\"\xf2\x03\n\x0cTransformJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12/\n\x04spec\x18\x02 \x01(\x0b\x32!.mlbus.router.v1.TransformJobSpec\x12\x33\n\x06status\x18\x03 \x01(\x0e\x32#.mlbus.router.v1.TransformJobStatus\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x15\n\rrecords_total\x18\x05 \x01(\x03\x12\x14\n\x0crecords_done\x18\x06 \x01(\x03\x12\x16\n\x0erecords_failed\x18\x07 \x01(\x03\x12\x14\n\x0c\x63hunks_total\x18\x08 \x01(\x03\x12\x13\n\x0b\x63hunks_done\x18\t \x01(\x03\x12\x1a\n\x12records_per_second\x18\n \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x0b \x01(\x01\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07outputs\x18\x0e \x03(\x0b\x32\x1a.mlbus.common.v1.ObjectRef\x12/\n\x0b\x65rror_files\x18\x0f \x03(\x0b\x32\x1a.mlbus.common.v1.ObjectRef\"L\n\x19\x43reateTransformJobRequest\x12/\n\x04spec\x18\x01 \x01(\x0b\x32!.mlbus.router.v1.TransformJobSpec\"H\n\x1a\x43reateTransformJobResponse\x12*\n\x03job\x18\x01 \x01(\x0b\x32\x1d.mlbus.router.v1.TransformJob\"-\n\x1b\x44\x65scribeTransformJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"J\n\x1c\x44\x65scribeTransformJobResponse\x12*\n\x03job\x18\x01 \x01(\x0b\x32\x1d.mlbus.router.v1.TransformJob\",\n\x18ListTransformJobsRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\"H\n\x19ListTransformJobsResponse\x12+\n\x04jobs\x18\x01 \x03(\x0b\x32\x1d.mlbus.router.v1.TransformJob\"9\n\x17StopTransformJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"F\n\x18StopTransformJobResponse\x12*\n\x03job\x18\x01 \x01(\x0b\x32\x1d.mlbus.router.v1.TransformJob\"\xd5\x01\n\x12InvokeAsyncRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12/\n\x07request\x18\x02 \x01(\x0b\x32\x1c.inference.ModelInferRequestH\x00\x12\x13\n\tinput_uri\x18\x03 \x01(\tH\x00\x12\x14\n\x0cinference_id\x18\x04 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x05 \x01(\x01\x12\x1a\n\x12input_content_type\x18\x06 \x01(\t\x12\x13\n\x0breply_topic\x18\x07 \x01(\tB\x07\n\x05input\"m\n\x13InvokeAsyncResponse\x12\x14\n\x0cinference_id\x18\x01 \x01(\t\x12\x12\n\noutput_uri\x18\x02 \x01(\t\x12\x13\n\x0b\x66\x61ilure_uri\x18\x03 \x01(\t\x12\x17\n\x0finput_offloaded\x18\x04 \x01(\x08\"?\n\x15GetAsyncResultRequest\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x14\n\x0cinference_id\x18\x02 \x01(\t\"\xe6\x02\n\x16GetAsyncResultResponse\x12\x14\n\x0cinference_id\x18\x01 \x01(\t\x12\x32\n\x06status\x18\x02 \x01(\x0e\x32\".mlbus.router.v1.AsyncResultStatus\x12/\n\x08response\x18\x03 \x01(\x0b\x32\x1d.inference.ModelInferResponse\x12*\n\x06output\x18\x04 \x01(\x0b\x32\x1a.mlbus.common.v1.ObjectRef\x12)\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x1a.mlbus.common.v1.ErrorInfo\x12\x39\n\x07\x66\x61ilure\x18\x06 \x01(\x0b\x32(.mlbus.inference.v1.AsyncInferenceFailed\x12?\n\ncompletion\x18\x07 \x01(\x0b\x32+.mlbus.inference.v1.AsyncInferenceCompleted*Q\n\tSplitType\x12\x1a\n\x16SPLIT_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0fSPLIT_TYPE_LINE\x10\x01\x12\x13\n\x0fSPLIT_TYPE_NONE\x10\x02*r\n\rBatchStrategy\x12\x1e\n\x1a\x42\x41TCH_STRATEGY_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x42\x41TCH_STRATEGY_MULTI_RECORD\x10\x01\x12 \n\x1c\x42\x41TCH_STRATEGY_SINGLE_RECORD\x10\x02*V\n\nJoinSource\x12\x1b\n\x17JOIN_SOURCE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOIN_SOURCE_NONE\x10\x01\x12\x15\n\x11JOIN_SOURCE_INPUT\x10\x02*\xbd\x01\n\x11\x41syncResultStatus\x12#\n\x1f\x41SYNC_RESULT_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x41SYNC_RESULT_STATUS_PENDING\x10\x01\x12!\n\x1d\x41SYNC_RESULT_STATUS_SUCCEEDED\x10\x02\x12\x1e\n\x1a\x41SYNC_RESULT_STATUS_FAILED\x10\x03\x12\x1f\n\x1b\x41SYNC_RESULT_STATUS_EXPIRED\x10\x04\x32\x85\x05\n\rRouterService\x12X\n\x0bInvokeAsync\x12#.mlbus.router.v1.InvokeAsyncRequest\x1a$.mlbus.router.v1.InvokeAsyncResponse\x12\x61\n\x0eGetAsyncResult\x12&.mlbus.router.v1.GetAsyncResultRequest\x1a\'.mlbus.router.v1.GetAsyncResultResponse\x12m\n\x12\x43reateTransformJob\x12*.mlbus.router.v1.CreateTransformJobRequest\x1a+.mlbus.router.v1.CreateTransformJobResponse\x12s\n\x14\x44\x65scribeTransformJob\x12,.mlbus.router.v1.DescribeTransformJobRequest\x1a-.mlbus.router.v1.DescribeTransformJobResponse\x12j\n\x11ListTransformJobs\x12).mlbus.router.v1.ListTransformJobsRequest\x1a*.mlbus.router.v1.ListTransformJobsResponse\x12g\n\x10StopTransformJob\x12(.mlbus.router.v1.StopTransformJobRequest\x1a).mlbus.router.v1.StopTransformJobResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mlbus.router.v1.router_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ASYNCRESULTSTATUS']._serialized_start=905
-  _globals['_ASYNCRESULTSTATUS']._serialized_end=1094
-  _globals['_INVOKEASYNCREQUEST']._serialized_start=152
-  _globals['_INVOKEASYNCREQUEST']._serialized_end=365
-  _globals['_INVOKEASYNCRESPONSE']._serialized_start=367
-  _globals['_INVOKEASYNCRESPONSE']._serialized_end=476
-  _globals['_GETASYNCRESULTREQUEST']._serialized_start=478
-  _globals['_GETASYNCRESULTREQUEST']._serialized_end=541
-  _globals['_GETASYNCRESULTRESPONSE']._serialized_start=544
-  _globals['_GETASYNCRESULTRESPONSE']._serialized_end=902
-  _globals['_ROUTERSERVICE']._serialized_start=1097
-  _globals['_ROUTERSERVICE']._serialized_end=1301
+  _globals['_SPLITTYPE']._serialized_start=2489
+  _globals['_SPLITTYPE']._serialized_end=2570
+  _globals['_BATCHSTRATEGY']._serialized_start=2572
+  _globals['_BATCHSTRATEGY']._serialized_end=2686
+  _globals['_JOINSOURCE']._serialized_start=2688
+  _globals['_JOINSOURCE']._serialized_end=2774
+  _globals['_ASYNCRESULTSTATUS']._serialized_start=2777
+  _globals['_ASYNCRESULTSTATUS']._serialized_end=2966
+  _globals['_TRANSFORMJOBSPEC']._serialized_start=215
+  _globals['_TRANSFORMJOBSPEC']._serialized_end=707
+  _globals['_TRANSFORMJOB']._serialized_start=710
+  _globals['_TRANSFORMJOB']._serialized_end=1208
+  _globals['_CREATETRANSFORMJOBREQUEST']._serialized_start=1210
+  _globals['_CREATETRANSFORMJOBREQUEST']._serialized_end=1286
+  _globals['_CREATETRANSFORMJOBRESPONSE']._serialized_start=1288
+  _globals['_CREATETRANSFORMJOBRESPONSE']._serialized_end=1360
+  _globals['_DESCRIBETRANSFORMJOBREQUEST']._serialized_start=1362
+  _globals['_DESCRIBETRANSFORMJOBREQUEST']._serialized_end=1407
+  _globals['_DESCRIBETRANSFORMJOBRESPONSE']._serialized_start=1409
+  _globals['_DESCRIBETRANSFORMJOBRESPONSE']._serialized_end=1483
+  _globals['_LISTTRANSFORMJOBSREQUEST']._serialized_start=1485
+  _globals['_LISTTRANSFORMJOBSREQUEST']._serialized_end=1529
+  _globals['_LISTTRANSFORMJOBSRESPONSE']._serialized_start=1531
+  _globals['_LISTTRANSFORMJOBSRESPONSE']._serialized_end=1603
+  _globals['_STOPTRANSFORMJOBREQUEST']._serialized_start=1605
+  _globals['_STOPTRANSFORMJOBREQUEST']._serialized_end=1662
+  _globals['_STOPTRANSFORMJOBRESPONSE']._serialized_start=1664
+  _globals['_STOPTRANSFORMJOBRESPONSE']._serialized_end=1734
+  _globals['_INVOKEASYNCREQUEST']._serialized_start=1737
+  _globals['_INVOKEASYNCREQUEST']._serialized_end=1950
+  _globals['_INVOKEASYNCRESPONSE']._serialized_start=1952
+  _globals['_INVOKEASYNCRESPONSE']._serialized_end=2061
+  _globals['_GETASYNCRESULTREQUEST']._serialized_start=2063
+  _globals['_GETASYNCRESULTREQUEST']._serialized_end=2126
+  _globals['_GETASYNCRESULTRESPONSE']._serialized_start=2129
+  _globals['_GETASYNCRESULTRESPONSE']._serialized_end=2487
+  _globals['_ROUTERSERVICE']._serialized_start=2969
+  _globals['_ROUTERSERVICE']._serialized_end=3614
 # @@protoc_insertion_point(module_scope)

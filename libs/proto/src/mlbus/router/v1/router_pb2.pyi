@@ -5,12 +5,16 @@ The router's own API beside the Open Inference Protocol: asynchronous invocation
 (and, later, batch transform jobs).
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from mlbus.common.v1 import common_pb2 as _common_pb2
-from mlbus.inference.v1 import events_pb2 as _events_pb2
+from mlbus.inference.v1 import events_pb2 as _events_pb2_1
 from mlbus.inference.v2 import grpc_service_pb2 as _grpc_service_pb2
+from mlbus.router.v1 import events_pb2 as _events_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -21,6 +25,72 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _SplitType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SplitTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SplitType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SPLIT_TYPE_UNSPECIFIED: _SplitType.ValueType  # 0
+    SPLIT_TYPE_LINE: _SplitType.ValueType  # 1
+    """One record per line (CSV, JSON Lines); Parquet: one record per row."""
+    SPLIT_TYPE_NONE: _SplitType.ValueType  # 2
+    """Each input file is one record."""
+
+class SplitType(_SplitType, metaclass=_SplitTypeEnumTypeWrapper):
+    """How the input is cut into records."""
+
+SPLIT_TYPE_UNSPECIFIED: SplitType.ValueType  # 0
+SPLIT_TYPE_LINE: SplitType.ValueType  # 1
+"""One record per line (CSV, JSON Lines); Parquet: one record per row."""
+SPLIT_TYPE_NONE: SplitType.ValueType  # 2
+"""Each input file is one record."""
+Global___SplitType: _TypeAlias = SplitType  # noqa: Y015
+
+class _BatchStrategy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BatchStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BatchStrategy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BATCH_STRATEGY_UNSPECIFIED: _BatchStrategy.ValueType  # 0
+    BATCH_STRATEGY_MULTI_RECORD: _BatchStrategy.ValueType  # 1
+    """Records are sent together, up to max_payload_mb / max_records_per_batch."""
+    BATCH_STRATEGY_SINGLE_RECORD: _BatchStrategy.ValueType  # 2
+    """One record per inference."""
+
+class BatchStrategy(_BatchStrategy, metaclass=_BatchStrategyEnumTypeWrapper):
+    """How many records go into one inference."""
+
+BATCH_STRATEGY_UNSPECIFIED: BatchStrategy.ValueType  # 0
+BATCH_STRATEGY_MULTI_RECORD: BatchStrategy.ValueType  # 1
+"""Records are sent together, up to max_payload_mb / max_records_per_batch."""
+BATCH_STRATEGY_SINGLE_RECORD: BatchStrategy.ValueType  # 2
+"""One record per inference."""
+Global___BatchStrategy: _TypeAlias = BatchStrategy  # noqa: Y015
+
+class _JoinSource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _JoinSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JoinSource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    JOIN_SOURCE_UNSPECIFIED: _JoinSource.ValueType  # 0
+    JOIN_SOURCE_NONE: _JoinSource.ValueType  # 1
+    """The prediction only."""
+    JOIN_SOURCE_INPUT: _JoinSource.ValueType  # 2
+    """The input record followed by the prediction (CSV: more columns; JSON: a "prediction" field)."""
+
+class JoinSource(_JoinSource, metaclass=_JoinSourceEnumTypeWrapper):
+    """What an output record is made of."""
+
+JOIN_SOURCE_UNSPECIFIED: JoinSource.ValueType  # 0
+JOIN_SOURCE_NONE: JoinSource.ValueType  # 1
+"""The prediction only."""
+JOIN_SOURCE_INPUT: JoinSource.ValueType  # 2
+"""The input record followed by the prediction (CSV: more columns; JSON: a "prediction" field)."""
+Global___JoinSource: _TypeAlias = JoinSource  # noqa: Y015
 
 class _AsyncResultStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -51,6 +121,330 @@ ASYNC_RESULT_STATUS_FAILED: AsyncResultStatus.ValueType  # 3
 ASYNC_RESULT_STATUS_EXPIRED: AsyncResultStatus.ValueType  # 4
 """Not run before its deadline; error is set."""
 Global___AsyncResultStatus: _TypeAlias = AsyncResultStatus  # noqa: Y015
+
+@_typing.final
+class TransformJobSpec(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    INPUT_URI_FIELD_NUMBER: _builtins.int
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
+    SPLIT_TYPE_FIELD_NUMBER: _builtins.int
+    BATCH_STRATEGY_FIELD_NUMBER: _builtins.int
+    MAX_PAYLOAD_MB_FIELD_NUMBER: _builtins.int
+    MAX_RECORDS_PER_BATCH_FIELD_NUMBER: _builtins.int
+    RECORDS_PER_CHUNK_FIELD_NUMBER: _builtins.int
+    OUTPUT_URI_FIELD_NUMBER: _builtins.int
+    CSV_HEADER_FIELD_NUMBER: _builtins.int
+    INPUT_FILTER_FIELD_NUMBER: _builtins.int
+    JOIN_SOURCE_FIELD_NUMBER: _builtins.int
+    OUTPUT_FILTER_FIELD_NUMBER: _builtins.int
+    MAX_FAILURE_PERCENT_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    endpoint: _builtins.str
+    """Endpoint whose workers run the model."""
+    input_uri: _builtins.str
+    """An object-store URI of a file, or of a directory (prefix) of files."""
+    content_type: _builtins.str
+    """text/csv, application/jsonlines or application/x-parquet; empty: from the file suffix."""
+    split_type: Global___SplitType.ValueType
+    batch_strategy: Global___BatchStrategy.ValueType
+    max_payload_mb: _builtins.float
+    """MULTI_RECORD: largest payload of one inference, in MB (default 6)."""
+    max_records_per_batch: _builtins.int
+    """MULTI_RECORD: most records in one inference (default 1000)."""
+    records_per_chunk: _builtins.int
+    """Records per chunk on the batch topic (default 10000); a chunk is the unit of work and
+    of redelivery.
+    """
+    output_uri: _builtins.str
+    """An object-store URI prefix; each input file gives <prefix>/<file name>.out and, if
+    records failed, <prefix>/<file name>.errors.jsonl.
+    """
+    csv_header: _builtins.bool
+    """CSV with a header row (default true for CSV)."""
+    input_filter: _builtins.str
+    """Which part of each input record feeds the model: CSV/Parquet column names or 0-based
+    indexes, comma-separated; JSON: a JSONPath ($.a.b, $['a','b'], $[0:4]). Empty: all.
+    """
+    join_source: Global___JoinSource.ValueType
+    output_filter: _builtins.str
+    """Which part of each output record is written: as input_filter, applied after the join."""
+    max_failure_percent: _builtins.float
+    """The job FAILS when more than this share of records failed (0-100; default 100: never)."""
+    job_id: _builtins.str
+    """Job id; empty: generated."""
+    def __init__(
+        self,
+        *,
+        endpoint: _builtins.str = ...,
+        input_uri: _builtins.str = ...,
+        content_type: _builtins.str = ...,
+        split_type: Global___SplitType.ValueType = ...,
+        batch_strategy: Global___BatchStrategy.ValueType = ...,
+        max_payload_mb: _builtins.float = ...,
+        max_records_per_batch: _builtins.int = ...,
+        records_per_chunk: _builtins.int = ...,
+        output_uri: _builtins.str = ...,
+        csv_header: _builtins.bool | None = ...,
+        input_filter: _builtins.str = ...,
+        join_source: Global___JoinSource.ValueType = ...,
+        output_filter: _builtins.str = ...,
+        max_failure_percent: _builtins.float | None = ...,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_csv_header", b"_csv_header", "_max_failure_percent", b"_max_failure_percent", "csv_header", b"csv_header", "max_failure_percent", b"max_failure_percent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_csv_header", b"_csv_header", "_max_failure_percent", b"_max_failure_percent", "batch_strategy", b"batch_strategy", "content_type", b"content_type", "csv_header", b"csv_header", "endpoint", b"endpoint", "input_filter", b"input_filter", "input_uri", b"input_uri", "job_id", b"job_id", "join_source", b"join_source", "max_failure_percent", b"max_failure_percent", "max_payload_mb", b"max_payload_mb", "max_records_per_batch", b"max_records_per_batch", "output_filter", b"output_filter", "output_uri", b"output_uri", "records_per_chunk", b"records_per_chunk", "split_type", b"split_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__csv_header: _TypeAlias = _typing.Literal["csv_header"]  # noqa: Y015
+    _WhichOneofArgType__csv_header: _TypeAlias = _typing.Literal["_csv_header", b"_csv_header"]  # noqa: Y015
+    _WhichOneofReturnType__max_failure_percent: _TypeAlias = _typing.Literal["max_failure_percent"]  # noqa: Y015
+    _WhichOneofArgType__max_failure_percent: _TypeAlias = _typing.Literal["_max_failure_percent", b"_max_failure_percent"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__csv_header) -> _WhichOneofReturnType__csv_header | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_failure_percent) -> _WhichOneofReturnType__max_failure_percent | None: ...
+
+Global___TransformJobSpec: _TypeAlias = TransformJobSpec  # noqa: Y015
+
+@_typing.final
+class TransformJob(_message.Message):
+    """Where a job is, as DescribeTransformJob reports it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    RECORDS_TOTAL_FIELD_NUMBER: _builtins.int
+    RECORDS_DONE_FIELD_NUMBER: _builtins.int
+    RECORDS_FAILED_FIELD_NUMBER: _builtins.int
+    CHUNKS_TOTAL_FIELD_NUMBER: _builtins.int
+    CHUNKS_DONE_FIELD_NUMBER: _builtins.int
+    RECORDS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    ETA_SECONDS_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    ERROR_FILES_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    status: _events_pb2.TransformJobStatus.ValueType
+    reason: _builtins.str
+    """Why it failed or stopped; a summary of record errors."""
+    records_total: _builtins.int
+    records_done: _builtins.int
+    records_failed: _builtins.int
+    chunks_total: _builtins.int
+    chunks_done: _builtins.int
+    records_per_second: _builtins.float
+    """Records per second since the first chunk was sent."""
+    eta_seconds: _builtins.float
+    """Seconds until done at that rate; 0 when unknown or done."""
+    @_builtins.property
+    def spec(self) -> Global___TransformJobSpec: ...
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ObjectRef]:
+        """The assembled outputs (one per input file), once COMPLETED or COMPLETED_WITH_ERRORS."""
+
+    @_builtins.property
+    def error_files(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ObjectRef]:
+        """Files listing failed records: {"file", "line", "error"} per line."""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        spec: Global___TransformJobSpec | None = ...,
+        status: _events_pb2.TransformJobStatus.ValueType = ...,
+        reason: _builtins.str = ...,
+        records_total: _builtins.int = ...,
+        records_done: _builtins.int = ...,
+        records_failed: _builtins.int = ...,
+        chunks_total: _builtins.int = ...,
+        chunks_done: _builtins.int = ...,
+        records_per_second: _builtins.float = ...,
+        eta_seconds: _builtins.float = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        outputs: _abc.Iterable[_common_pb2.ObjectRef] | None = ...,
+        error_files: _abc.Iterable[_common_pb2.ObjectRef] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks_done", b"chunks_done", "chunks_total", b"chunks_total", "create_time", b"create_time", "end_time", b"end_time", "error_files", b"error_files", "eta_seconds", b"eta_seconds", "job_id", b"job_id", "outputs", b"outputs", "reason", b"reason", "records_done", b"records_done", "records_failed", b"records_failed", "records_per_second", b"records_per_second", "records_total", b"records_total", "spec", b"spec", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransformJob: _TypeAlias = TransformJob  # noqa: Y015
+
+@_typing.final
+class CreateTransformJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPEC_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def spec(self) -> Global___TransformJobSpec: ...
+    def __init__(
+        self,
+        *,
+        spec: Global___TransformJobSpec | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTransformJobRequest: _TypeAlias = CreateTransformJobRequest  # noqa: Y015
+
+@_typing.final
+class CreateTransformJobResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> Global___TransformJob: ...
+    def __init__(
+        self,
+        *,
+        job: Global___TransformJob | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateTransformJobResponse: _TypeAlias = CreateTransformJobResponse  # noqa: Y015
+
+@_typing.final
+class DescribeTransformJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DescribeTransformJobRequest: _TypeAlias = DescribeTransformJobRequest  # noqa: Y015
+
+@_typing.final
+class DescribeTransformJobResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> Global___TransformJob: ...
+    def __init__(
+        self,
+        *,
+        job: Global___TransformJob | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DescribeTransformJobResponse: _TypeAlias = DescribeTransformJobResponse  # noqa: Y015
+
+@_typing.final
+class ListTransformJobsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    endpoint: _builtins.str
+    """Only jobs of this endpoint; empty: all."""
+    def __init__(
+        self,
+        *,
+        endpoint: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTransformJobsRequest: _TypeAlias = ListTransformJobsRequest  # noqa: Y015
+
+@_typing.final
+class ListTransformJobsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TransformJob]:
+        """Newest first."""
+
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[Global___TransformJob] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTransformJobsResponse: _TypeAlias = ListTransformJobsResponse  # noqa: Y015
+
+@_typing.final
+class StopTransformJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StopTransformJobRequest: _TypeAlias = StopTransformJobRequest  # noqa: Y015
+
+@_typing.final
+class StopTransformJobResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> Global___TransformJob: ...
+    def __init__(
+        self,
+        *,
+        job: Global___TransformJob | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StopTransformJobResponse: _TypeAlias = StopTransformJobResponse  # noqa: Y015
 
 @_typing.final
 class InvokeAsyncRequest(_message.Message):
@@ -190,11 +584,11 @@ class GetAsyncResultResponse(_message.Message):
         """What went wrong (FAILED, EXPIRED)."""
 
     @_builtins.property
-    def failure(self) -> _events_pb2.AsyncInferenceFailed:
+    def failure(self) -> _events_pb2_1.AsyncInferenceFailed:
         """The failure notification as published (FAILED, EXPIRED), with timings and attempts."""
 
     @_builtins.property
-    def completion(self) -> _events_pb2.AsyncInferenceCompleted:
+    def completion(self) -> _events_pb2_1.AsyncInferenceCompleted:
         """The completion notification as published (SUCCEEDED), with timings."""
 
     def __init__(
@@ -205,8 +599,8 @@ class GetAsyncResultResponse(_message.Message):
         response: _grpc_service_pb2.ModelInferResponse | None = ...,
         output: _common_pb2.ObjectRef | None = ...,
         error: _common_pb2.ErrorInfo | None = ...,
-        failure: _events_pb2.AsyncInferenceFailed | None = ...,
-        completion: _events_pb2.AsyncInferenceCompleted | None = ...,
+        failure: _events_pb2_1.AsyncInferenceFailed | None = ...,
+        completion: _events_pb2_1.AsyncInferenceCompleted | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["completion", b"completion", "error", b"error", "failure", b"failure", "output", b"output", "response", b"response"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...

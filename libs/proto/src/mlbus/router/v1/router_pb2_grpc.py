@@ -44,6 +44,26 @@ class RouterServiceStub:
                 request_serializer=mlbus_dot_router_dot_v1_dot_router__pb2.GetAsyncResultRequest.SerializeToString,
                 response_deserializer=mlbus_dot_router_dot_v1_dot_router__pb2.GetAsyncResultResponse.FromString,
                 _registered_method=True)
+        self.CreateTransformJob = channel.unary_unary(
+                '/mlbus.router.v1.RouterService/CreateTransformJob',
+                request_serializer=mlbus_dot_router_dot_v1_dot_router__pb2.CreateTransformJobRequest.SerializeToString,
+                response_deserializer=mlbus_dot_router_dot_v1_dot_router__pb2.CreateTransformJobResponse.FromString,
+                _registered_method=True)
+        self.DescribeTransformJob = channel.unary_unary(
+                '/mlbus.router.v1.RouterService/DescribeTransformJob',
+                request_serializer=mlbus_dot_router_dot_v1_dot_router__pb2.DescribeTransformJobRequest.SerializeToString,
+                response_deserializer=mlbus_dot_router_dot_v1_dot_router__pb2.DescribeTransformJobResponse.FromString,
+                _registered_method=True)
+        self.ListTransformJobs = channel.unary_unary(
+                '/mlbus.router.v1.RouterService/ListTransformJobs',
+                request_serializer=mlbus_dot_router_dot_v1_dot_router__pb2.ListTransformJobsRequest.SerializeToString,
+                response_deserializer=mlbus_dot_router_dot_v1_dot_router__pb2.ListTransformJobsResponse.FromString,
+                _registered_method=True)
+        self.StopTransformJob = channel.unary_unary(
+                '/mlbus.router.v1.RouterService/StopTransformJob',
+                request_serializer=mlbus_dot_router_dot_v1_dot_router__pb2.StopTransformJobRequest.SerializeToString,
+                response_deserializer=mlbus_dot_router_dot_v1_dot_router__pb2.StopTransformJobResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServiceServicer:
@@ -66,6 +86,33 @@ class RouterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateTransformJob(self, request, context):
+        """Start a batch transform job: split the input into chunks for the endpoint's workers
+        and assemble their output in input order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DescribeTransformJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTransformJobs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopTransformJob(self, request, context):
+        """Stop a job: chunks not yet started are skipped; the job ends STOPPED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -78,6 +125,26 @@ def add_RouterServiceServicer_to_server(servicer, server):
                     servicer.GetAsyncResult,
                     request_deserializer=mlbus_dot_router_dot_v1_dot_router__pb2.GetAsyncResultRequest.FromString,
                     response_serializer=mlbus_dot_router_dot_v1_dot_router__pb2.GetAsyncResultResponse.SerializeToString,
+            ),
+            'CreateTransformJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTransformJob,
+                    request_deserializer=mlbus_dot_router_dot_v1_dot_router__pb2.CreateTransformJobRequest.FromString,
+                    response_serializer=mlbus_dot_router_dot_v1_dot_router__pb2.CreateTransformJobResponse.SerializeToString,
+            ),
+            'DescribeTransformJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DescribeTransformJob,
+                    request_deserializer=mlbus_dot_router_dot_v1_dot_router__pb2.DescribeTransformJobRequest.FromString,
+                    response_serializer=mlbus_dot_router_dot_v1_dot_router__pb2.DescribeTransformJobResponse.SerializeToString,
+            ),
+            'ListTransformJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTransformJobs,
+                    request_deserializer=mlbus_dot_router_dot_v1_dot_router__pb2.ListTransformJobsRequest.FromString,
+                    response_serializer=mlbus_dot_router_dot_v1_dot_router__pb2.ListTransformJobsResponse.SerializeToString,
+            ),
+            'StopTransformJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopTransformJob,
+                    request_deserializer=mlbus_dot_router_dot_v1_dot_router__pb2.StopTransformJobRequest.FromString,
+                    response_serializer=mlbus_dot_router_dot_v1_dot_router__pb2.StopTransformJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +201,114 @@ class RouterService:
             '/mlbus.router.v1.RouterService/GetAsyncResult',
             mlbus_dot_router_dot_v1_dot_router__pb2.GetAsyncResultRequest.SerializeToString,
             mlbus_dot_router_dot_v1_dot_router__pb2.GetAsyncResultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTransformJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlbus.router.v1.RouterService/CreateTransformJob',
+            mlbus_dot_router_dot_v1_dot_router__pb2.CreateTransformJobRequest.SerializeToString,
+            mlbus_dot_router_dot_v1_dot_router__pb2.CreateTransformJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DescribeTransformJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlbus.router.v1.RouterService/DescribeTransformJob',
+            mlbus_dot_router_dot_v1_dot_router__pb2.DescribeTransformJobRequest.SerializeToString,
+            mlbus_dot_router_dot_v1_dot_router__pb2.DescribeTransformJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTransformJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlbus.router.v1.RouterService/ListTransformJobs',
+            mlbus_dot_router_dot_v1_dot_router__pb2.ListTransformJobsRequest.SerializeToString,
+            mlbus_dot_router_dot_v1_dot_router__pb2.ListTransformJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopTransformJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlbus.router.v1.RouterService/StopTransformJob',
+            mlbus_dot_router_dot_v1_dot_router__pb2.StopTransformJobRequest.SerializeToString,
+            mlbus_dot_router_dot_v1_dot_router__pb2.StopTransformJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,14 @@ class RouterServiceStub:
     """
     GetAsyncResult: _grpc.UnaryUnaryMultiCallable[_router_pb2.GetAsyncResultRequest, _router_pb2.GetAsyncResultResponse]
     """Status and, once done, the result or error of an asynchronous inference."""
+    CreateTransformJob: _grpc.UnaryUnaryMultiCallable[_router_pb2.CreateTransformJobRequest, _router_pb2.CreateTransformJobResponse]
+    """Start a batch transform job: split the input into chunks for the endpoint's workers
+    and assemble their output in input order.
+    """
+    DescribeTransformJob: _grpc.UnaryUnaryMultiCallable[_router_pb2.DescribeTransformJobRequest, _router_pb2.DescribeTransformJobResponse]
+    ListTransformJobs: _grpc.UnaryUnaryMultiCallable[_router_pb2.ListTransformJobsRequest, _router_pb2.ListTransformJobsResponse]
+    StopTransformJob: _grpc.UnaryUnaryMultiCallable[_router_pb2.StopTransformJobRequest, _router_pb2.StopTransformJobResponse]
+    """Stop a job: chunks not yet started are skipped; the job ends STOPPED."""
 
 @_typing.type_check_only
 class RouterServiceAsyncStub(RouterServiceStub):
@@ -53,6 +61,14 @@ class RouterServiceAsyncStub(RouterServiceStub):
     """
     GetAsyncResult: _aio.UnaryUnaryMultiCallable[_router_pb2.GetAsyncResultRequest, _router_pb2.GetAsyncResultResponse]  # type: ignore[assignment]
     """Status and, once done, the result or error of an asynchronous inference."""
+    CreateTransformJob: _aio.UnaryUnaryMultiCallable[_router_pb2.CreateTransformJobRequest, _router_pb2.CreateTransformJobResponse]  # type: ignore[assignment]
+    """Start a batch transform job: split the input into chunks for the endpoint's workers
+    and assemble their output in input order.
+    """
+    DescribeTransformJob: _aio.UnaryUnaryMultiCallable[_router_pb2.DescribeTransformJobRequest, _router_pb2.DescribeTransformJobResponse]  # type: ignore[assignment]
+    ListTransformJobs: _aio.UnaryUnaryMultiCallable[_router_pb2.ListTransformJobsRequest, _router_pb2.ListTransformJobsResponse]  # type: ignore[assignment]
+    StopTransformJob: _aio.UnaryUnaryMultiCallable[_router_pb2.StopTransformJobRequest, _router_pb2.StopTransformJobResponse]  # type: ignore[assignment]
+    """Stop a job: chunks not yet started are skipped; the job ends STOPPED."""
 
 class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -74,5 +90,37 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_router_pb2.GetAsyncResultResponse, _abc.Awaitable[_router_pb2.GetAsyncResultResponse]]:
         """Status and, once done, the result or error of an asynchronous inference."""
+
+    @_abc_1.abstractmethod
+    def CreateTransformJob(
+        self,
+        request: _router_pb2.CreateTransformJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.CreateTransformJobResponse, _abc.Awaitable[_router_pb2.CreateTransformJobResponse]]:
+        """Start a batch transform job: split the input into chunks for the endpoint's workers
+        and assemble their output in input order.
+        """
+
+    @_abc_1.abstractmethod
+    def DescribeTransformJob(
+        self,
+        request: _router_pb2.DescribeTransformJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.DescribeTransformJobResponse, _abc.Awaitable[_router_pb2.DescribeTransformJobResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListTransformJobs(
+        self,
+        request: _router_pb2.ListTransformJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.ListTransformJobsResponse, _abc.Awaitable[_router_pb2.ListTransformJobsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def StopTransformJob(
+        self,
+        request: _router_pb2.StopTransformJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.StopTransformJobResponse, _abc.Awaitable[_router_pb2.StopTransformJobResponse]]:
+        """Stop a job: chunks not yet started are skipped; the job ends STOPPED."""
 
 def add_RouterServiceServicer_to_server(servicer: RouterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

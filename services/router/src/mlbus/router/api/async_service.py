@@ -22,17 +22,15 @@ from mlbus.inference.v1 import events_pb2 as ev
 from mlbus.inference.v2 import grpc_service_pb2 as pb
 from mlbus.router.domain.routing import RoutingTable
 from mlbus.router.v1 import router_pb2 as rpb
-from mlbus.router.v1 import router_pb2_grpc as rpb_grpc
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = "mlbus.router.v1.RouterService"
 _JSON = "application/json"
 _PROTOBUF = "application/x-protobuf"
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,245}")
 
 
-class AsyncInferenceService(rpb_grpc.RouterServiceServicer):
+class AsyncInferenceService:
     """InvokeAsync and GetAsyncResult."""
 
     def __init__(

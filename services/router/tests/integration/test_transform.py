@@ -1,0 +1,366 @@
+"""Batch transform jobs end to end: the router splits the input into chunks on the batch
+topic, the endpoint's worker processes run them, the router assembles the output in input
+order; bad records go to the error file; a killed worker loses and duplicates nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from mlbus.router.v1 import events_pb2 as rev
+from mlbus.router.v1 import router_pb2 as rpb
+from mlbus.router.v1 import router_pb2_grpc as rpb_grpc
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
+
+DONE = {
+    rev.TRANSFORM_JOB_STATUS_COMPLETED,
+    rev.TRANSFORM_JOB_STATUS_COMPLETED_WITH_ERRORS,
+    rev.TRANSFORM_JOB_STATUS_FAILED,
+    rev.TRANSFORM_JOB_STATUS_STOPPED,
+}
+
+
+async def deploy(stack: Any, endpoint: str, seed: int, instances: int = 1) -> None:
+    version = await stack.model(endpoint, seed=seed)
+    await stack.create(
+        endpoint,
+        [
+            {
+                "name": "main",
+                "model_group": endpoint,
+                "model_version": version,
+                "instance_count": instances,
+            }
+        ],
+    )
+
+
+def prefix_uri(store: Any, prefix: str) -> str:
+    """The URI of a key prefix (a "directory")."""
+    return str(store.uri_for(prefix + "x"))[:-1]
+
+
+async def put(stack: Any, key: str, data: bytes) -> str:
+    ref = await stack.router.transform.store.put(key, data)
+    return str(ref.uri)
+
+
+async def read(stack: Any, uri: str) -> bytes:
+    return bytes(await stack.router.transform.store.read_bytes(uri))
+
+
+async def finished(stub: Any, job_id: str, timeout: float = 120.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = (
+            await stub.DescribeTransformJob(
+                rpb.DescribeTransformJobRequest(job_id=job_id), timeout=5
+            )
+        ).job
+        if job.status in DONE:
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} not done after {timeout}s: {job}")
+        await asyncio.sleep(0.1)
+
+
+def csv_rows(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 4)).astype(np.float32)
+
+
+async def test_csv_job_with_bad_records_completes_with_errors_in_order(
+    stack: Any, endpoint_name: str
+) -> None:
+    await deploy(stack, endpoint_name, seed=41)
+    stub = rpb_grpc.RouterServiceStub(stack.channel)
+    x = csv_rows(2_500)
+    lines = ["a,b,c,d"] + [",".join(repr(float(v)) for v in row) for row in x]
+    bad_lines = {10: "1.0,oops,3.0,4.0", 1234: "1.0,2.0,3.0"}  # 1-based input line numbers
+    for line_no, text in bad_lines.items():
+        lines[line_no - 1] = text
+    uri = await put(stack, f"inputs/{endpoint_name}/data.csv", ("\n".join(lines) + "\n").encode())
+    created = await stub.CreateTransformJob(
+        rpb.CreateTransformJobRequest(
+            spec=rpb.TransformJobSpec(
+                endpoint=endpoint_name,
+                input_uri=uri,
+                output_uri=prefix_uri(stack.router.transform.store, f"outputs/{endpoint_name}/"),
+                records_per_chunk=400,
+                max_records_per_batch=128,
+                job_id=f"{endpoint_name}-csv",
+            )
+        ),
+        timeout=10,
+    )
+    assert created.job.status in (
+        rev.TRANSFORM_JOB_STATUS_PENDING,
+        rev.TRANSFORM_JOB_STATUS_IN_PROGRESS,
+    )
+    job = await finished(stub, created.job.job_id)
+    assert job.status == rev.TRANSFORM_JOB_STATUS_COMPLETED_WITH_ERRORS, job.reason
+    assert job.records_total == 2_500
+    assert job.records_done == 2_500
+    assert job.records_failed == 2
+    assert job.chunks_total == 7
+    assert job.outputs[0].uri.endswith(f"outputs/{endpoint_name}/data.csv.out")
+    out_lines = (await read(stack, job.outputs[0].uri)).decode().splitlines()
+    good = [i for i in range(2_500) if i + 2 not in bad_lines]  # row i is on line i + 2
+    assert len(out_lines) == len(good)
+    predicted = np.array([float(v) for v in out_lines], dtype=np.float32)
+    np.testing.assert_allclose(
+        predicted, stack.reference(41, x[good]).ravel(), rtol=1e-4, atol=1e-5
+    )
+    errors = [
+        json.loads(e) for e in (await read(stack, job.error_files[0].uri)).decode().splitlines()
+    ]
+    assert [(e["file"], e["line"]) for e in errors] == [("data.csv", 10), ("data.csv", 1234)]
+    assert "cannot read the record" in errors[0]["error"]
+    assert "expected 4 columns (a, b, c, d), got 3" in errors[1]["error"]
+    listed = await stub.ListTransformJobs(
+        rpb.ListTransformJobsRequest(endpoint=endpoint_name), timeout=5
+    )
+    assert [j.job_id for j in listed.jobs] == [created.job.job_id]
+
+
+async def test_jsonl_join_filters_and_max_failure(stack: Any, endpoint_name: str) -> None:
+    await deploy(stack, endpoint_name, seed=42)
+    stub = rpb_grpc.RouterServiceStub(stack.channel)
+    store = stack.router.transform.store
+    x = csv_rows(300, seed=1)
+    records = [{"id": i, "features": row.tolist()} for i, row in enumerate(x)]
+    text = "\n".join(json.dumps(r) for r in records) + "\n"
+    uri = await put(stack, f"inputs/{endpoint_name}/part-0.jsonl", text.encode())
+    job = (
+        await stub.CreateTransformJob(
+            rpb.CreateTransformJobRequest(
+                spec=rpb.TransformJobSpec(
+                    endpoint=endpoint_name,
+                    input_uri=uri,
+                    output_uri=prefix_uri(store, f"out/{endpoint_name}/"),
+                    input_filter="$.features",
+                    join_source=rpb.JOIN_SOURCE_INPUT,
+                    output_filter="$['id','prediction']",
+                    records_per_chunk=100,
+                    batch_strategy=rpb.BATCH_STRATEGY_SINGLE_RECORD,
+                )
+            ),
+            timeout=10,
+        )
+    ).job
+    job = await finished(stub, job.job_id)
+    assert job.status == rev.TRANSFORM_JOB_STATUS_COMPLETED, job.reason
+    rows = [
+        json.loads(line) for line in (await read(stack, job.outputs[0].uri)).decode().splitlines()
+    ]
+    assert [r["id"] for r in rows] == list(range(300))
+    assert set(rows[0]) == {"id", "prediction"}
+    got = np.array([r["prediction"]["y"] for r in rows], dtype=np.float32)
+    np.testing.assert_allclose(got, stack.reference(42, x), rtol=1e-4, atol=1e-5)
+
+    # 10 % bad records against a limit of 5 %: the job fails, saying so.
+    broken = [
+        json.dumps({"id": i, "features": "nope"}) if i % 10 == 0 else json.dumps(r)
+        for i, r in enumerate(records)
+    ]
+    uri = await put(
+        stack, f"inputs/{endpoint_name}/broken.jsonl", ("\n".join(broken) + "\n").encode()
+    )
+    failed = (
+        await stub.CreateTransformJob(
+            rpb.CreateTransformJobRequest(
+                spec=rpb.TransformJobSpec(
+                    endpoint=endpoint_name,
+                    input_uri=uri,
+                    output_uri=prefix_uri(store, f"out2/{endpoint_name}/"),
+                    input_filter="$.features",
+                    max_failure_percent=5,
+                )
+            ),
+            timeout=10,
+        )
+    ).job
+    failed = await finished(stub, failed.job_id)
+    assert failed.status == rev.TRANSFORM_JOB_STATUS_FAILED
+    assert "30 of 300 records failed (10.0%), more than max_failure_percent 5" in failed.reason
+
+
+async def test_parquet_directory_input(stack: Any, endpoint_name: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    await deploy(stack, endpoint_name, seed=43)
+    stub = rpb_grpc.RouterServiceStub(stack.channel)
+    store = stack.router.transform.store
+    parts = []
+    for k in range(2):
+        x = csv_rows(250, seed=10 + k)
+        parts.append(x)
+        buffer = io.BytesIO()
+        pq.write_table(
+            pa.table({f"f{j}": x[:, j] for j in range(4)} | {"key": list(range(250))}),
+            buffer,
+            row_group_size=100,
+        )
+        await put(stack, f"pq/{endpoint_name}/part-{k}.parquet", buffer.getvalue())
+    job = (
+        await stub.CreateTransformJob(
+            rpb.CreateTransformJobRequest(
+                spec=rpb.TransformJobSpec(
+                    endpoint=endpoint_name,
+                    input_uri=prefix_uri(store, f"pq/{endpoint_name}/"),
+                    output_uri=prefix_uri(store, f"pq-out/{endpoint_name}/"),
+                    input_filter="f0,f1,f2,f3",
+                    records_per_chunk=100,
+                )
+            ),
+            timeout=10,
+        )
+    ).job
+    job = await finished(stub, job.job_id)
+    assert job.status == rev.TRANSFORM_JOB_STATUS_COMPLETED, job.reason
+    assert [o.uri.rsplit("/", 1)[-1] for o in job.outputs] == [
+        "part-0.parquet.out",
+        "part-1.parquet.out",
+    ]
+    for x, output in zip(parts, job.outputs, strict=True):
+        rows = [
+            json.loads(line)["y"] for line in (await read(stack, output.uri)).decode().splitlines()
+        ]
+        np.testing.assert_allclose(
+            np.array(rows, np.float32), stack.reference(43, x), rtol=1e-4, atol=1e-5
+        )
+
+
+async def test_killed_worker_mid_job_loses_and_duplicates_nothing(
+    stack: Any, endpoint_name: str
+) -> None:
+    await deploy(stack, endpoint_name, seed=44, instances=2)
+    stub = rpb_grpc.RouterServiceStub(stack.channel)
+    store = stack.router.transform.store
+    n = 40_000
+    x = csv_rows(n, seed=3)
+    text = "\n".join(",".join(repr(float(v)) for v in row) for row in x) + "\n"
+    uri = await put(stack, f"big/{endpoint_name}/rows.csv", text.encode())
+    job = (
+        await stub.CreateTransformJob(
+            rpb.CreateTransformJobRequest(
+                spec=rpb.TransformJobSpec(
+                    endpoint=endpoint_name,
+                    input_uri=uri,
+                    output_uri=prefix_uri(store, f"big-out/{endpoint_name}/"),
+                    csv_header=False,
+                    records_per_chunk=1_000,
+                )
+            ),
+            timeout=10,
+        )
+    ).job
+    deadline = time.monotonic() + 60
+    while True:
+        now = (
+            await stub.DescribeTransformJob(
+                rpb.DescribeTransformJobRequest(job_id=job.job_id), timeout=5
+            )
+        ).job
+        if now.chunks_done >= 3 or now.status in DONE:
+            break
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    os.kill(stack.workers(endpoint_name)[0]["pid"], signal.SIGKILL)
+    job = await finished(stub, job.job_id, timeout=180)
+    assert job.status == rev.TRANSFORM_JOB_STATUS_COMPLETED, job.reason
+    assert job.records_done == n
+    out = (await read(stack, job.outputs[0].uri)).decode().splitlines()
+    assert len(out) == n
+    np.testing.assert_allclose(
+        np.array(out, dtype=np.float32), stack.reference(44, x).ravel(), rtol=1e-4, atol=1e-5
+    )
+
+
+async def test_stop_and_bad_specs(stack: Any, endpoint_name: str) -> None:
+    await deploy(stack, endpoint_name, seed=45)
+    stub = rpb_grpc.RouterServiceStub(stack.channel)
+    store = stack.router.transform.store
+    x = csv_rows(20_000, seed=4)
+    uri = await put(
+        stack,
+        f"stop/{endpoint_name}/rows.csv",
+        ("\n".join(",".join(map(str, r)) for r in x.tolist()) + "\n").encode(),
+    )
+    job = (
+        await stub.CreateTransformJob(
+            rpb.CreateTransformJobRequest(
+                spec=rpb.TransformJobSpec(
+                    endpoint=endpoint_name,
+                    input_uri=uri,
+                    output_uri=prefix_uri(store, f"stop-out/{endpoint_name}/"),
+                    csv_header=False,
+                    records_per_chunk=200,
+                    batch_strategy=rpb.BATCH_STRATEGY_SINGLE_RECORD,
+                )
+            ),
+            timeout=10,
+        )
+    ).job
+    stopped = (
+        await stub.StopTransformJob(
+            rpb.StopTransformJobRequest(job_id=job.job_id, reason="enough"), timeout=5
+        )
+    ).job
+    assert stopped.status in (rev.TRANSFORM_JOB_STATUS_STOPPING, rev.TRANSFORM_JOB_STATUS_STOPPED)
+    stopped = await finished(stub, job.job_id)
+    assert stopped.status == rev.TRANSFORM_JOB_STATUS_STOPPED
+    assert stopped.reason == "enough"
+    assert stopped.records_done < 20_000
+
+    cases = [
+        (
+            rpb.TransformJobSpec(endpoint="no-such-endpoint", input_uri=uri, output_uri=uri),
+            grpc.StatusCode.NOT_FOUND,
+            "not deployed",
+        ),
+        (
+            rpb.TransformJobSpec(
+                endpoint=endpoint_name, input_uri=store.uri_for("nothing/here"), output_uri=uri
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "no object and no files",
+        ),
+        (
+            rpb.TransformJobSpec(endpoint=endpoint_name, input_uri=uri),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "output_uri: required",
+        ),
+        (
+            rpb.TransformJobSpec(
+                endpoint=endpoint_name, input_uri=uri, output_uri=uri, input_filter="nope"
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "no column 'nope'",
+        ),
+        (
+            rpb.TransformJobSpec(
+                endpoint=endpoint_name, input_uri=uri, output_uri=uri, job_id=job.job_id
+            ),
+            grpc.StatusCode.ALREADY_EXISTS,
+            "exists",
+        ),
+    ]
+    for spec, code, text in cases:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.CreateTransformJob(rpb.CreateTransformJobRequest(spec=spec), timeout=5)
+        assert info.value.code() is code, (spec, info.value.details())
+        assert text in (info.value.details() or ""), info.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.DescribeTransformJob(rpb.DescribeTransformJobRequest(job_id="nope"), timeout=5)
+    assert info.value.code() is grpc.StatusCode.NOT_FOUND
