@@ -364,3 +364,71 @@ async def test_stop_and_bad_specs(stack: Any, endpoint_name: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.DescribeTransformJob(rpb.DescribeTransformJobRequest(job_id="nope"), timeout=5)
     assert info.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+async def test_transformer_sdk_and_cli(stack: Any, endpoint_name: str) -> None:
+    from click.testing import CliRunner
+
+    from mlbus.sdk import Transformer
+    from mlbus.sdk.cli import cli
+
+    await deploy(stack, endpoint_name, seed=46)
+    store = stack.router.transform.store
+    x = csv_rows(1_000, seed=5)
+    uri = await put(
+        stack,
+        f"sdk/{endpoint_name}/rows.csv",
+        ("f1,f2,f3,f4\n" + "\n".join(",".join(map(str, r)) for r in x.tolist()) + "\n").encode(),
+    )
+    out = prefix_uri(store, f"sdk-out/{endpoint_name}/")
+
+    def run() -> Any:
+        seen: list[int] = []
+        with Transformer(endpoint_name, stack.router_target, poll_interval=0.05) as transformer:
+            job = transformer.transform(
+                uri,
+                out,
+                join_input=True,
+                output_filter="0,4",
+                records_per_chunk=250,
+                wait=True,
+                progress=lambda j: seen.append(j.records_done),
+            )
+            listed = transformer.list()
+        result = CliRunner().invoke(
+            cli,
+            [
+                "transform",
+                "start",
+                endpoint_name,
+                uri,
+                prefix_uri(store, f"cli-out/{endpoint_name}/"),
+                "--router",
+                stack.router_target,
+                "--wait",
+                "--json",
+                "--records-per-chunk",
+                "500",
+            ],
+        )
+        described = CliRunner().invoke(
+            cli, ["transform", "describe", job.job_id, "--router", stack.router_target, "--json"]
+        )
+        return job, listed, seen, result, described
+
+    job, listed, seen, result, described = await asyncio.to_thread(run)
+    assert job.status == "COMPLETED", job.reason
+    assert seen[-1] == 1_000
+    assert seen == sorted(seen)
+    assert job.job_id in [j.job_id for j in listed]
+    rows = [line.split(",") for line in (await read(stack, job.outputs[0])).decode().splitlines()]
+    assert len(rows) == 1_000
+    np.testing.assert_allclose([float(r[0]) for r in rows], x[:, 0], rtol=1e-6)
+    np.testing.assert_allclose(
+        [float(r[1]) for r in rows], stack.reference(46, x).ravel(), rtol=1e-4, atol=1e-5
+    )
+    assert result.exit_code == 0, result.output
+    cli_job = json.loads(result.output)
+    assert cli_job["status"] == "COMPLETED"
+    assert cli_job["records_done"] == 1_000
+    assert json.loads(described.output)["job_id"] == job.job_id

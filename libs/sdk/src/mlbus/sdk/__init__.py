@@ -8,10 +8,23 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["AsyncPredictor", "AsyncResult", "ModelInfo", "Prediction", "Predictor", "TensorInfo"]
+__all__ = [
+    "AsyncPredictor",
+    "AsyncResult",
+    "ModelInfo",
+    "Prediction",
+    "Predictor",
+    "TensorInfo",
+    "TransformJob",
+    "Transformer",
+]
 
 
 def __getattr__(name: str) -> Any:
+    if name in ("Transformer", "TransformJob"):
+        from mlbus.sdk import transformer
+
+        return getattr(transformer, name)
     if name in ("AsyncPredictor", "AsyncResult"):
         from mlbus.sdk import async_predictor
 

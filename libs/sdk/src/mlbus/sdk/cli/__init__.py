@@ -10,6 +10,7 @@ from mlbus.sdk.cli.jobs import jobs
 from mlbus.sdk.cli.local import broker, down, health, status, up
 from mlbus.sdk.cli.models import models
 from mlbus.sdk.cli.predict import async_result, invoke_async, predict
+from mlbus.sdk.cli.transform import transform
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,6 +30,7 @@ for command in (
     predict,
     invoke_async,
     async_result,
+    transform,
     jobs,
     experiments,
 ):
