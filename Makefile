@@ -4,7 +4,7 @@ SHELL := /bin/bash
 UV ?= uv
 PYTEST_ARGS ?=
 
-.PHONY: help setup up protos protos-check lint format typecheck test check bench docs docs-check clean
+.PHONY: help setup demo up protos protos-check lint format typecheck test check bench docs docs-check clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-13s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -12,6 +12,9 @@ help: ## List the targets
 setup: ## Install uv if missing, then the locked workspace into .venv
 	@command -v $(UV) >/dev/null 2>&1 || python3 -m pip install --quiet "uv==0.13.9"
 	$(UV) sync --locked
+
+demo: setup ## The whole story on the embedded stack: train, approve, deploy, serve real-time, async and batch
+	$(UV) run mlbus demo
 
 up: setup ## Run the embedded broker and all seven services (Ctrl-C stops them)
 	$(UV) run mlbus up

@@ -29,7 +29,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         if request.param == "postgresql":
             async with database.transaction() as conn:
                 await conn.execute(
-                    text("DELETE FROM jobs; DELETE FROM job_logs; DELETE FROM outbox")
+                    text("DELETE FROM jobs; DELETE FROM job_logs; DELETE FROM trainer_outbox")
                 )
         await database.aclose()
 
@@ -109,3 +109,25 @@ async def test_pages_newest_first_and_logs(store: SqlJobStore) -> None:
     )
     assert await store.last_log_number("j0") == 5
     assert [x.text for x in await store.read_logs("j0", 4, 10)] == ["line 4", "line 5"]
+
+
+async def test_a_database_shared_with_the_registry_migrates_both(postgres_url: str) -> None:
+    """Registry and trainer may share one PostgreSQL database: each keeps its own Alembic
+    version table, so neither mistakes the other's revision for its own."""
+    from mlbus.registry.adapters.database import Database as RegistryDatabase
+
+    registry = RegistryDatabase(postgres_url)
+    await registry.start(migrate=True)
+    await registry.aclose()
+    database = Database(postgres_url)
+    await database.start(migrate=True)
+    try:
+        store = SqlJobStore(database, "writer")
+        _, new = await store.insert(job("shared-1"), event)
+        assert new
+        async with database.transaction() as conn:
+            await conn.execute(
+                text("DELETE FROM jobs; DELETE FROM job_logs; DELETE FROM trainer_outbox")
+            )
+    finally:
+        await database.aclose()

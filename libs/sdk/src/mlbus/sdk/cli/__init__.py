@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from mlbus.sdk.cli.demo import demo
 from mlbus.sdk.cli.endpoints import endpoints
 from mlbus.sdk.cli.experiments import experiments
 from mlbus.sdk.cli.jobs import jobs
@@ -31,6 +32,7 @@ for command in (
     invoke_async,
     async_result,
     transform,
+    demo,
     jobs,
     experiments,
 ):

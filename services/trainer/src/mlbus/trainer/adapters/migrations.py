@@ -17,6 +17,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
 MIGRATIONS_DIR: Final = Path(__file__).resolve().parent.parent / "migrations"
+#: The trainer's own version table (see migrations/env.py): a database shared with the
+#: registry must not mix their revisions.
+VERSION_TABLE: Final = "trainer_alembic_version"
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -35,7 +38,9 @@ def run_upgrade(connection: Connection, revision: str = "head") -> None:
 
 def current_revision(connection: Connection) -> str | None:
     """The schema revision the database is at (None: never migrated)."""
-    return MigrationContext.configure(connection).get_current_revision()
+    return MigrationContext.configure(
+        connection, opts={"version_table": VERSION_TABLE}
+    ).get_current_revision()
 
 
 def head_revision() -> str | None:

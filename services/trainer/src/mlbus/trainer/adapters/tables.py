@@ -50,7 +50,7 @@ job_logs = sa.Table(
 
 # Status events written in the same transaction as the change; a relay publishes them.
 outbox = sa.Table(
-    "outbox",
+    "trainer_outbox",
     metadata,
     sa.Column("id", Id, primary_key=True, autoincrement=True),
     sa.Column("trainer_id", sa.String(256), nullable=False, index=True),

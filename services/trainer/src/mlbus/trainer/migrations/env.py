@@ -14,6 +14,7 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import Connection
 
+from mlbus.trainer.adapters.migrations import VERSION_TABLE
 from mlbus.trainer.adapters.tables import metadata
 
 config = context.config
@@ -27,6 +28,7 @@ def _configure_and_run(connection: Connection) -> None:
         target_metadata=metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        version_table=VERSION_TABLE,
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -58,6 +60,7 @@ def run_migrations_offline() -> None:
         target_metadata=metadata,
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},
+        version_table=VERSION_TABLE,
     )
     with context.begin_transaction():
         context.run_migrations()

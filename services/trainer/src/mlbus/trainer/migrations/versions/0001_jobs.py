@@ -56,7 +56,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("job_id", "number", name="pk_job_logs"),
     )
     op.create_table(
-        "outbox",
+        "trainer_outbox",
         sa.Column("id", Id, autoincrement=True, nullable=False),
         sa.Column("trainer_id", sa.String(256), nullable=False),
         sa.Column("event_id", sa.String(64), nullable=False),
@@ -64,13 +64,13 @@ def upgrade() -> None:
         sa.Column("payload", sa.LargeBinary(), nullable=False),
         sa.Column("create_time", Time, nullable=False),
         sa.Column("sent_time", Time, nullable=True),
-        sa.PrimaryKeyConstraint("id", name="pk_outbox"),
+        sa.PrimaryKeyConstraint("id", name="pk_trainer_outbox"),
     )
-    op.create_index("ix_outbox_trainer_id", "outbox", ["trainer_id"])
-    op.create_index("ix_outbox_sent_time", "outbox", ["sent_time"])
+    op.create_index("ix_trainer_outbox_trainer_id", "trainer_outbox", ["trainer_id"])
+    op.create_index("ix_trainer_outbox_sent_time", "trainer_outbox", ["sent_time"])
 
 
 def downgrade() -> None:
-    op.drop_table("outbox")
+    op.drop_table("trainer_outbox")
     op.drop_table("job_logs")
     op.drop_table("jobs")
