@@ -105,9 +105,7 @@ def demo(home: Path | None, data_path: Path | None, keep: bool) -> None:
             console.print(f"   job {job.job_id} submitted")
             job = trainer.wait(job.job_id, timeout=600)
         if not job.model_version:
-            raise click.ClickException(
-                f"training did not register a model: {job.reason or job}"
-            )
+            raise click.ClickException(f"training did not register a model: {job.reason or job}")
         metrics = ", ".join(f"{k} {v:.3f}" for k, v in sorted(job.metrics.items()))
         console.print(f"   registered churn version {job.model_version} ({metrics})")
 
