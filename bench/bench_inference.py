@@ -1,11 +1,13 @@
-"""Real-time inference worker: ModelInfer latency and throughput, dynamic batching off vs on.
+"""Real-time inference worker: ModelInfer latency and throughput, dynamic batching off vs on,
+against a bare grpc.aio + ONNX Runtime server.
 
 The worker runs as the deployment controller will run it: ``python -m mlbus.inference`` in a
-process of its own, settings from the environment, the model in a local object store, the
-bus on the runner's broker, default telemetry (SDK tracer, Prometheus metrics). The clients
-run in this process: ``concurrency`` coroutines on one grpc.aio channel with the generated
-v2 stub and no interceptors, each sending a pre-built one-row request (raw FP32 contents),
-awaiting the response, and sending the next, for a fixed time after a warm-up.
+process of its own, settings from the environment (defaults otherwise: inline runs, the
+asynchronous-request consumer, Prometheus metrics, no traces exporter), the model in a local
+object store, the bus on the runner's broker. The clients run in this process:
+``concurrency`` coroutines on one grpc.aio channel with the generated v2 stub and no
+interceptors, each sending a pre-built one-row request (raw FP32 contents), awaiting the
+response, and sending the next, for a fixed time after a warm-up.
 
 Two models, built here with onnx.helper (random weights, FP32):
 
@@ -17,9 +19,18 @@ Two models, built here with onnx.helper (random weights, FP32):
 Per repetition and model, a fresh worker with batching off (``max_batch_size`` 1) and one with
 batching on (``max_batch_size`` 16, ``max_queue_delay_us`` 0: requests that arrive while a
 run is busy form the next batch) are started in alternating order; both use one intra-op and
-one inter-op thread and one session run at a time. The floor is ``session.run`` in this
-process on one row. Cold start (spawn → health SERVING with the model loaded and warm) and
-the worker's RSS when idle are read from the batching-off small-model worker.
+one inter-op thread and one session run at a time. Next to the small-model workers, the same
+load runs against a *bare* server (``python bench/bench_inference.py --bare-server``): grpc.aio
+with the generated servicer calling ``session.run``, no validation, telemetry or batching, the
+reference for what the framework costs. The floor is ``session.run`` in this process.
+
+Cold start is spawn → health SERVING (probed with fast reconnects) with the model loaded and
+warm, read from the batching-off small-model worker. Workers import from a bytecode cache
+private to the run (``PYTHONPYCACHEPREFIX``, filled by one unmeasured start), as a deployed
+worker does (deploy/Dockerfile compiles bytecode); this machine's environment sets
+``PYTHONDONTWRITEBYTECODE=1`` and the virtualenv holds no ``.pyc`` files, so once per
+repetition a worker is also started from an empty cache (every module compiled from source)
+and that figure is recorded separately. Idle RSS is read one second after SERVING.
 """
 
 from __future__ import annotations
@@ -55,7 +66,10 @@ from mlbus.inference.v2 import grpc_service_pb2 as pb
 from mlbus.inference.v2 import grpc_service_pb2_grpc as pb_grpc
 from mlbus.sdk.local.broker import free_port
 
-TITLE = "Inference worker: ModelInfer over v2 gRPC, dynamic batching off vs on"
+#: This file, run as the bare reference server (``--bare-server``).
+SCRIPT = str(Path(__file__).resolve())
+
+TITLE = "Inference worker: ModelInfer over v2 gRPC, batching off vs on, vs a bare grpc.aio server"
 
 MODELS: dict[str, dict[str, Any]] = {
     "small": {"inputs": 30, "hidden": (64, 64), "outputs": 2},
@@ -127,13 +141,13 @@ def request_for(inputs: int, seed: int = 1) -> pb.ModelInferRequest:
     return request
 
 
-def floor_us(model: bytes, inputs: int, runs: int) -> float:
-    """Median µs of one-row ``session.run`` in this process, one thread (the floor)."""
+def floor_us(model: bytes, inputs: int, runs: int, *, rows: int = 1) -> float:
+    """Median µs of a ``rows``-row ``session.run`` in this process, one thread (the floor)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(1).standard_normal((1, inputs)).astype(np.float32)
+    x = np.random.default_rng(1).standard_normal((rows, inputs)).astype(np.float32)
     for _ in range(min(50, runs)):
         session.run(None, {"x": x})
     samples = []
@@ -229,20 +243,40 @@ async def wait_serving(port: int, proc: subprocess.Popen[bytes], timeout: float 
     raise RuntimeError(f"worker on port {port} not SERVING after {timeout} s")
 
 
-def spawn(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """``python -m mlbus.inference`` with ``env``, output to ``log_path``."""
+def spawn(
+    env: dict[str, str], log_path: Path, argv: Sequence[str] = ("-m", "mlbus.inference")
+) -> subprocess.Popen[bytes]:
+    """``python -m mlbus.inference`` (or ``argv``) with ``env``, output to ``log_path``."""
     with open(log_path, "wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "mlbus.inference"], env=env, stdout=log, stderr=log
-        )
+        return subprocess.Popen([sys.executable, *argv], env=env, stdout=log, stderr=log)
+
+
+def python_env(pycache: Path | None) -> dict[str, str]:
+    """This process's environment, with the bytecode cache at ``pycache`` (written and read)
+    or, for None, none at all (every module compiled from source)."""
+    env = dict(os.environ)
+    if pycache is None:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        env["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="mlbus-bench-nopyc-")
+    else:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(pycache)
+    return env
 
 
 async def start_worker(
-    bootstrap: str, root: Path, uri: str, sha256: str, extra: dict[str, str], log_dir: Path
+    bootstrap: str,
+    root: Path,
+    uri: str,
+    sha256: str,
+    extra: dict[str, str],
+    log_dir: Path,
+    *,
+    pycache: Path | None = None,
 ) -> Worker:
     port = free_port()
     env = {
-        **os.environ,
+        **python_env(pycache),
         "INFERENCE_GRPC_PORT": str(port),
         "INFERENCE_METRICS_PORT": "0",
         "INFERENCE_MODEL_NAME": "bench",
@@ -258,6 +292,22 @@ async def start_worker(
     log_path = log_dir / f"worker-{port}.log"
     started = time.perf_counter()
     proc = spawn(env, log_path)
+    try:
+        await wait_serving(port, proc)
+    except BaseException:
+        proc.kill()
+        proc.wait(10)
+        raise
+    return Worker(proc, port, log_path, time.perf_counter() - started)
+
+
+async def start_bare(model_path: Path, log_dir: Path, pycache: Path) -> Worker:
+    """The bare grpc.aio + ONNX Runtime server (see :func:`bare_server`) on a free port."""
+    port = free_port()
+    log_path = log_dir / f"bare-{port}.log"
+    started = time.perf_counter()
+    argv = (SCRIPT, "--bare-server", str(model_path), str(port))
+    proc = spawn(python_env(pycache), log_path, argv)
     try:
         await wait_serving(port, proc)
     except BaseException:
@@ -359,6 +409,7 @@ class Bench:
         self.verbose = verbose
         self.rec = Recorder()
         self.batch_sizes: dict[str, list[float]] = {"small": [], "heavy": []}
+        self.inline_share: list[float] = []
         self.errors = 0
 
     def log(self, text: str) -> None:
@@ -367,7 +418,9 @@ class Bench:
 
     async def main(self) -> None:
         with tempfile.TemporaryDirectory(prefix="mlbus-bench-inference-") as tmp:
-            root = Path(tmp) / "objects"
+            self.tmp = Path(tmp)
+            self.pycache = self.tmp / "pycache"
+            root = self.tmp / "objects"
             store = LocalObjectStore(root)
             await store.start()
             refs, models = {}, {}
@@ -376,50 +429,101 @@ class Bench:
                 refs[name] = await store.put_content(models[name])
                 assert refs[name].sha256 == hashlib.sha256(models[name]).hexdigest()
             await store.aclose()
+            small_path = self.tmp / "small.onnx"
+            small_path.write_bytes(models["small"])
+            self.refs, self.root = refs, root
+            # Fill the bytecode cache (worker and bare server), unmeasured.
+            warm = await self.start("small", BATCH_OFF)
+            await asyncio.to_thread(warm.stop)
+            bare = await start_bare(small_path, self.tmp, self.pycache)
+            await asyncio.to_thread(bare.stop)
             for rep in range(self.plan.reps):
                 self.log(f"repetition {rep + 1}/{self.plan.reps}")
-                for name, shape in MODELS.items():
-                    runs = self.plan.floor_runs // (1 if name == "small" else 10)
-                    floor = floor_us(models[name], shape["inputs"], runs)
-                    self.rec.add(
-                        f"{name}_floor_us",
-                        floor,
-                        label=f"{name}: ONNX Runtime session.run in process, 1 row (floor)",
-                        unit="µs",
-                        better="lower",
-                    )
-                    self.log(f"{name}: session.run floor {floor:.1f} µs")
+                self.floors(models)
+                cold = await self.start("small", BATCH_OFF, pycache=False)
+                await asyncio.to_thread(cold.stop)
+                self.rec.add(
+                    "cold_start_nocache_s",
+                    cold.cold_start_s,
+                    label="worker cold start without a bytecode cache (every module compiled)",
+                    unit="s",
+                    better="lower",
+                )
+                self.log(f"cold start without bytecode cache {cold.cold_start_s:.2f} s")
                 for name in MODELS:
                     modes = ["off", "on"] if rep % 2 == 0 else ["on", "off"]
+                    if name == "small":
+                        modes.insert(rep % 3, "bare")
                     for mode in modes:
-                        await self.measure(
-                            name, mode, root, refs[name].uri, refs[name].sha256, Path(tmp)
-                        )
-        self.rec.ratio(
-            "small_batching_c16",
-            "small_on_c16_rate",
-            "small_off_c16_rate",
-            "small: batching on ÷ off, c=16 throughput",
-        )
-        self.rec.ratio(
-            "heavy_batching_c16",
-            "heavy_on_c16_rate",
-            "heavy_off_c16_rate",
-            "heavy: batching on ÷ off, c=16 throughput",
-        )
+                        if mode == "bare":
+                            await self.measure_bare(small_path)
+                        else:
+                            await self.measure(name, mode)
+        for name in MODELS:
+            self.rec.ratio(
+                f"{name}_batching_c16",
+                f"{name}_on_c16_rate",
+                f"{name}_off_c16_rate",
+                f"{name}: batching on ÷ off, c=16 throughput",
+            )
         self.rec.ratio(
             "small_batching_c1",
             "small_on_c1_p50",
             "small_off_c1_p50",
             "small: batching on ÷ off, c=1 p50 latency",
         )
+        self.rec.ratio(
+            "small_vs_bare_c16",
+            "small_off_c16_rate",
+            "bare_c16_rate",
+            "small: worker ÷ bare grpc.aio server, c=16 throughput",
+        )
+        self.rec.ratio(
+            "small_vs_bare_c1",
+            "small_off_c1_p50",
+            "bare_c1_p50",
+            "small: worker ÷ bare grpc.aio server, c=1 p50 latency",
+        )
 
-    async def measure(
-        self, name: str, mode: str, root: Path, uri: str, sha256: str, log_dir: Path
-    ) -> None:
+    def floors(self, models: dict[str, bytes]) -> None:
+        for name, shape in MODELS.items():
+            runs = self.plan.floor_runs // (1 if name == "small" else 10)
+            floor = floor_us(models[name], shape["inputs"], runs)
+            self.rec.add(
+                f"{name}_floor_us",
+                floor,
+                label=f"{name}: ONNX Runtime session.run in process, 1 row (floor)",
+                unit="µs",
+                better="lower",
+            )
+            self.log(f"{name}: session.run floor {floor:.1f} µs")
+        rows = int(BATCH_ON["INFERENCE_MAX_BATCH_SIZE"])
+        runs = self.plan.floor_runs // 10
+        per_row = floor_us(models["heavy"], MODELS["heavy"]["inputs"], runs, rows=rows) / rows
+        self.rec.add(
+            "heavy_floor_batch_us_per_row",
+            per_row,
+            label=f"heavy: ONNX Runtime session.run in process, {rows} rows, per row",
+            unit="µs",
+            better="lower",
+        )
+        self.log(f"heavy: session.run of {rows} rows {per_row:.1f} µs per row")
+
+    async def start(self, name: str, extra: dict[str, str], *, pycache: bool = True) -> Worker:
+        ref = self.refs[name]
+        return await start_worker(
+            self.bootstrap,
+            self.root,
+            ref.uri,
+            ref.sha256,
+            extra,
+            self.tmp,
+            pycache=self.pycache if pycache else None,
+        )
+
+    async def measure(self, name: str, mode: str) -> None:
         plan = self.plan
-        extra = BATCH_ON if mode == "on" else BATCH_OFF
-        worker = await start_worker(self.bootstrap, root, uri, sha256, extra, log_dir)
+        worker = await self.start(name, BATCH_ON if mode == "on" else BATCH_OFF)
         try:
             if name == "small" and mode == "off":
                 self.rec.add(
@@ -429,10 +533,11 @@ class Bench:
                     unit="s",
                     better="lower",
                 )
+                await asyncio.sleep(1.0)
                 self.rec.add(
                     "idle_rss_mb",
                     worker.rss_mb(),
-                    label="worker RSS when idle (small model)",
+                    label="worker RSS when idle, 1 s after SERVING (small model)",
                     unit="MiB",
                     better="lower",
                 )
@@ -446,11 +551,38 @@ class Bench:
         self.errors += one.errors + many.errors
         runs = after.get("runs", 0) - before.get("runs", 0)
         served = after.get("requests", 0) - before.get("requests", 0)
+        inline = after.get("inline_runs", 0) - before.get("inline_runs", 0)
         per_run = served / runs if runs else float("nan")
         if mode == "on":
             self.batch_sizes[name].append(per_run)
-        tag = f"{name}_{mode}"
-        what = f"{name}, batching {mode}"
+        if name == "small" and mode == "off" and runs:
+            self.inline_share.append(inline / runs)
+        self.record(f"{name}_{mode}", f"{name}, batching {mode}", one, many)
+        self.log(
+            f"{name}, batching {mode}: c=1 p50 {one.p50_ms:.2f} ms p99 {one.p99_ms:.2f} ms; "
+            f"c={plan.concurrency} {many.rate:,.0f}/s p99 {many.p99_ms:.1f} ms; "
+            f"{per_run:.1f} requests per session run, {inline / runs if runs else 0:.0%} "
+            f"inline; cold start {worker.cold_start_s:.2f} s"
+        )
+
+    async def measure_bare(self, model_path: Path) -> None:
+        plan = self.plan
+        bare = await start_bare(model_path, self.tmp, self.pycache)
+        try:
+            request = request_for(MODELS["small"]["inputs"])
+            one = await drive(bare.port, request, 1, plan.c1_s, plan.warmup_s)
+            many = await drive(bare.port, request, plan.concurrency, plan.c16_s, plan.warmup_s)
+        finally:
+            await asyncio.to_thread(bare.stop)
+        self.errors += one.errors + many.errors
+        self.record("bare", "small, bare grpc.aio + ONNX Runtime server", one, many)
+        self.log(
+            f"bare server: c=1 p50 {one.p50_ms:.2f} ms p99 {one.p99_ms:.2f} ms; "
+            f"c={plan.concurrency} {many.rate:,.0f}/s p99 {many.p99_ms:.1f} ms"
+        )
+
+    def record(self, tag: str, what: str, one: Load, many: Load) -> None:
+        concurrency = self.plan.concurrency
         self.rec.add(
             f"{tag}_c1_p50", one.p50_ms, label=f"{what}: c=1 p50", unit="ms", better="lower"
         )
@@ -460,21 +592,16 @@ class Bench:
         self.rec.add(
             f"{tag}_c16_rate",
             many.rate,
-            label=f"{what}: c={plan.concurrency} throughput",
+            label=f"{what}: c={concurrency} throughput",
             unit="inf/s",
             better="higher",
         )
         self.rec.add(
             f"{tag}_c16_p99",
             many.p99_ms,
-            label=f"{what}: c={plan.concurrency} p99",
+            label=f"{what}: c={concurrency} p99",
             unit="ms",
             better="lower",
-        )
-        self.log(
-            f"{what}: c=1 p50 {one.p50_ms:.2f} ms p99 {one.p99_ms:.2f} ms; "
-            f"c={plan.concurrency} {many.rate:,.0f}/s p99 {many.p99_ms:.1f} ms; "
-            f"{per_run:.1f} requests per session run; cold start {worker.cold_start_s:.2f} s"
         )
 
 
@@ -483,18 +610,22 @@ def notes(bench: Bench) -> list[str]:
         name: f"{statistics.median(values):.1f}" if values else "n/a"
         for name, values in bench.batch_sizes.items()
     }
+    inline = f"{statistics.median(bench.inline_share):.0%}" if bench.inline_share else "n/a"
     return [
-        "Client and worker share the machine's 2 cores with the broker (idle here: capture is "
-        "off). The worker is a process of its own with default telemetry (SDK tracer sampling "
-        "every span, Prometheus metrics); the clients run in the benchmark process on one "
-        "grpc.aio channel without interceptors.",
+        "Client and worker share the machine's 2 cores with the broker (capture is off; the "
+        "worker's asynchronous-request consumer polls the broker). The worker is a process of "
+        "its own with default settings and telemetry (Prometheus metrics; no traces exporter, "
+        "so spans propagate the trace context without being recorded); the clients run in the "
+        "benchmark process on one grpc.aio channel without interceptors.",
         "Every request carries one row. Both modes use 1 intra-op thread, 1 inter-op thread and "
         "1 session run at a time (INFERENCE_MAX_CONCURRENT_RUNS=1).",
+        f"Small model, batching off, c={bench.plan.concurrency}: {inline} of session runs "
+        "inline on the event loop (median over repetitions).",
         f"Requests per session run with batching on at c={bench.plan.concurrency} (median over "
         f"repetitions, from the worker's Prometheus counters): small {sizes['small']}, "
         f"heavy {sizes['heavy']}.",
-        "In the ratio table 'wrapper' reads as the numerator (batching on) and 'raw' as the "
-        "denominator (batching off).",
+        "In the ratio table 'wrapper' reads as the numerator (batching on; the worker) and "
+        "'raw' as the denominator (batching off; the bare server).",
         f"Failed calls during the run: {bench.errors}.",
     ]
 
@@ -520,3 +651,56 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ratios": bench.rec.ratios,
         "notes": notes(bench),
     }
+
+
+# --- the bare reference server ------------------------------------------------------------
+
+
+def bare_server(model_path: str, port: int) -> None:
+    """grpc.aio with the generated v2 servicer: ModelInfer decodes the one raw FP32 input,
+    calls ``session.run`` on the loop and returns the output raw; health for readiness.
+    Nothing else: no validation, telemetry, batching or threads."""
+    from grpc_health.v1 import health
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(
+        Path(model_path).read_bytes(), options, providers=["CPUExecutionProvider"]
+    )
+
+    class Servicer(pb_grpc.GRPCInferenceServiceServicer):
+        async def ModelInfer(
+            self, request: pb.ModelInferRequest, context: Any
+        ) -> pb.ModelInferResponse:
+            tensor = request.inputs[0]
+            x = np.frombuffer(request.raw_input_contents[0], dtype=np.float32)
+            (y,) = session.run(None, {tensor.name: x.reshape(tuple(tensor.shape))})
+            response = pb.ModelInferResponse(model_name=request.model_name, id=request.id)
+            response.outputs.add(name="y", datatype="FP32", shape=y.shape)
+            response.raw_output_contents.append(y.tobytes())
+            return response
+
+    async def serve() -> None:
+        server = grpc.aio.server()
+        # Only ModelInfer is served; the others answer UNIMPLEMENTED (the base class).
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(), server)  # type: ignore[abstract]
+        checks = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        health_pb2_grpc.add_HealthServicer_to_server(checks, server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await checks.set("", health_pb2.HealthCheckResponse.SERVING)
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await server.stop(0)
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--bare-server":
+        bare_server(sys.argv[2], int(sys.argv[3]))
+    else:
+        sys.exit("usage: bench_inference.py --bare-server MODEL.onnx PORT (run.py runs the bench)")

@@ -117,7 +117,8 @@ class OnnxModel:
     def run(self, inputs: Mapping[str, Array], outputs: Sequence[str]) -> dict[str, Array]:
         """One session run (blocking; safe to call from several threads at once)."""
         try:
-            results = self._session.run(list(outputs), dict(inputs))
+            feeds = inputs if isinstance(inputs, dict) else dict(inputs)
+            results = self._session.run(outputs, feeds)
         except ort_state.InvalidArgument as exc:
             raise InputRejected(f"the model refused the input: {exc}") from exc
         except Exception as exc:

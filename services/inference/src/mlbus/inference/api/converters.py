@@ -108,7 +108,7 @@ def decode_request(request: pb.ModelInferRequest, signature: ModelSignature) -> 
         shape = tuple(tensor.shape)
         datatype = check_input_header(spec, tensor.datatype, shape)
         if raw:
-            if tensor.contents.ListFields():
+            if tensor.HasField("contents") and tensor.contents.ListFields():
                 raise InvalidArgument(
                     f"input {name!r}: has both contents and raw_input_contents; "
                     "a request uses one or the other",

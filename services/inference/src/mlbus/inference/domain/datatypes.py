@@ -8,7 +8,7 @@ wire and are UTF-8 text inside the model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import numpy as np
@@ -26,16 +26,18 @@ class DataType:
     """ONNX Runtime element type, as in ``tensor(<onnx>)``."""
     contents_field: str | None
     """Field of ``InferTensorContents`` that carries this type; None when only raw works."""
+    # Derived once (read for every tensor of every request).
+    is_bytes: bool = field(init=False)
+    """True for BYTES (length-prefixed elements instead of fixed-size ones)."""
+    is_bool: bool = field(init=False)
+    itemsize: int = field(init=False)
+    """Bytes per element in raw contents (0 for BYTES, whose elements vary)."""
 
-    @property
-    def itemsize(self) -> int:
-        """Bytes per element in raw contents (0 for BYTES, whose elements vary)."""
-        return 0 if self.is_bytes else int(self.dtype.itemsize)
-
-    @property
-    def is_bytes(self) -> bool:
-        """True for BYTES (length-prefixed elements instead of fixed-size ones)."""
-        return self.name == "BYTES"
+    def __post_init__(self) -> None:
+        is_bytes = self.name == "BYTES"
+        object.__setattr__(self, "is_bytes", is_bytes)
+        object.__setattr__(self, "is_bool", self.name == "BOOL")
+        object.__setattr__(self, "itemsize", 0 if is_bytes else int(self.dtype.itemsize))
 
     def __str__(self) -> str:
         return self.name

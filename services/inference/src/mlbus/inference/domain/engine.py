@@ -105,10 +105,14 @@ class RunCost:
     def estimate(self, rows: int) -> float:
         """Expected seconds of an inline run over ``rows`` rows (infinite before the first
         timing)."""
-        known = [s for s in (self.inline, self.threaded) if s is not None]
-        if not known:
-            return math.inf
-        return min(known) * max(1.0, rows / self.rows)
+        inline, threaded = self.inline, self.threaded
+        if inline is None:
+            if threaded is None:
+                return math.inf
+            seconds = threaded
+        else:
+            seconds = inline if threaded is None or inline < threaded else threaded
+        return seconds * max(1.0, rows / self.rows)
 
 
 class InferenceEngine:

@@ -8,7 +8,7 @@ saying what was expected and what came: ``input 'x': expected FP32 [-1, 4], got 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from mlbus.core.errors import InvalidArgument
@@ -107,8 +107,11 @@ class ModelSignature:
             )
         return spec
 
-    def check_all_inputs(self, given: Iterable[str]) -> None:
-        """InvalidArgument naming the first input the model needs that is not in ``given``."""
+    def check_all_inputs(self, given: Collection[str]) -> None:
+        """InvalidArgument naming the first input the model needs that is not in ``given``
+        (names the model has, each once)."""
+        if len(given) == len(self.inputs):
+            return
         present = set(given)
         missing = [t for t in self.inputs if t.name not in present]
         if missing:

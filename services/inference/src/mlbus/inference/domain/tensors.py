@@ -87,7 +87,6 @@ def decode_raw(name: str, datatype: DataType, shape: Sequence[int], raw: bytes) 
     """Raw content of input ``name`` as an array of ``shape``; InvalidArgument when its
     length (or, for BYTES, its element framing and count) does not fit."""
     count = element_count(shape)
-    described = f"{datatype.name} {format_shape(shape)}"
     if datatype.is_bytes:
         try:
             elements = decode_bytes_elements(raw)
@@ -98,7 +97,7 @@ def decode_raw(name: str, datatype: DataType, shape: Sequence[int], raw: bytes) 
         if len(elements) != count:
             raise InvalidArgument(
                 f"input {name!r}: BYTES content holds {len(elements)} element(s), "
-                f"expected {count} for {described}",
+                f"expected {count} for {datatype.name} {format_shape(shape)}",
                 details={"input": name},
             )
         return _text_array(name, elements, shape)
@@ -106,11 +105,11 @@ def decode_raw(name: str, datatype: DataType, shape: Sequence[int], raw: bytes) 
     if len(raw) != expected:
         raise InvalidArgument(
             f"input {name!r}: raw content is {len(raw)} bytes, expected {expected} for "
-            f"{described} ({count} × {datatype.itemsize} bytes)",
+            f"{datatype.name} {format_shape(shape)} ({count} × {datatype.itemsize} bytes)",
             details={"input": name},
         )
-    array = np.frombuffer(raw, dtype=datatype.dtype).reshape(tuple(shape))
-    if datatype.name == "BOOL" and count and int(np.frombuffer(raw, dtype=np.uint8).max()) > 1:
+    array = np.frombuffer(raw, dtype=datatype.dtype).reshape(shape)
+    if datatype.is_bool and count and int(np.frombuffer(raw, dtype=np.uint8).max()) > 1:
         raise InvalidArgument(
             f"input {name!r}: BOOL raw content must hold bytes 0 or 1", details={"input": name}
         )
