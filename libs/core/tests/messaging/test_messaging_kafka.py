@@ -524,3 +524,100 @@ async def test_publish_rejects_a_message_of_another_type(
         await producer.publish(topic, registry.ModelVersionRejected(), key="g")
     with pytest.raises(TypeError, match="carries"):
         await producer.publish(topic, b"raw bytes", key="g")
+
+
+async def test_dead_letter_hook_hears_of_every_dead_letter_and_its_failure_is_contained(
+    kafka_settings: KafkaSettings,
+    producer: EventProducer,
+    unique_name: Callable[[str], str],
+    make_collector: Any,
+) -> None:
+    from mlbus.core.messaging import DeadLetter
+
+    topic = _topic(unique_name("hook"))
+    heard: list[DeadLetter] = []
+
+    async def hook(letter: DeadLetter) -> None:
+        heard.append(letter)
+        if len(heard) == 1:
+            raise RuntimeError("the hook itself fails once")
+
+    collector = make_collector()
+    consumer = EventConsumer(
+        kafka_settings,
+        group_id=unique_name("g"),
+        topics=[topic],
+        handler=collector,
+        source="tests",
+        on_dead_letter=hook,
+    )
+    await consumer.start()
+    try:
+        await consumer.wait_assigned(JOIN_TIMEOUT)
+        headers = build_headers(wrappers_pb2.StringValue, source="tests", event_id="bad")
+        for key in ("p1", "p2"):
+            await producer.publish_raw(
+                topic.name, b"\xff\xfe", key=key, headers=[*headers, ("x-id", key.encode())]
+            )
+        await producer.publish(topic, wrappers_pb2.StringValue(value="after"), key="ok")
+        await collector.wait_count(1)
+        assert [e.message.value for e in collector.events] == ["after"]
+        assert [letter.key for letter in heard] == [b"p1", b"p2"]
+        assert dict(heard[1].headers)["x-id"] == b"p2"
+        assert "not a valid" in str(heard[1].error)
+        assert heard[1].topic == topic
+    finally:
+        await consumer.stop()
+
+
+async def test_concurrent_partitions_keep_order_within_each_and_do_not_wait_on_each_other(
+    kafka_settings: KafkaSettings,
+    producer: EventProducer,
+    unique_name: Callable[[str], str],
+    make_collector: Any,
+) -> None:
+    topic = _topic(unique_name("conc"), partitions=2)
+    release = asyncio.Event()
+
+    async def slow_on_zero(event: Event[Any]) -> None:
+        if event.partition == 0 and event.message.value.endswith("-0"):
+            await asyncio.wait_for(release.wait(), 10)
+
+    # Everything is on the topic before the consumer starts, so one poll fetches both
+    # partitions (partitions of one poll are handled concurrently; the next poll waits for
+    # all of them).
+    for i in range(3):
+        await producer.publish(
+            topic, wrappers_pb2.StringValue(value=f"a-{i}"), key="a", partition=0
+        )
+        await producer.publish(
+            topic, wrappers_pb2.StringValue(value=f"b-{i}"), key="b", partition=1
+        )
+    collector = make_collector(slow_on_zero)
+    consumer = EventConsumer(
+        kafka_settings,
+        group_id=unique_name("g"),
+        topics=[topic],
+        handler=collector,
+        source="tests",
+        concurrent_partitions=True,
+    )
+    await consumer.start()
+    try:
+        # Partition 1 is handled while partition 0's first record is still blocked.
+        await collector.wait_for(lambda c: sum(e.partition == 1 for e in c.events) == 3)
+        assert not any(e.partition == 0 for e in collector.events)
+        release.set()
+        await collector.wait_count(6)
+        assert [e.message.value for e in collector.events if e.partition == 0] == [
+            "a-0",
+            "a-1",
+            "a-2",
+        ]
+        assert [e.message.value for e in collector.events if e.partition == 1] == [
+            "b-0",
+            "b-1",
+            "b-2",
+        ]
+    finally:
+        await consumer.stop()
