@@ -18,8 +18,10 @@ Two models, built here with onnx.helper (random weights, FP32):
 
 Per repetition and model, a fresh worker with batching off (``max_batch_size`` 1) and one with
 batching on (``max_batch_size`` 16, ``max_queue_delay_us`` 0: requests that arrive while a
-run is busy form the next batch) are started in alternating order; both use one intra-op and
-one inter-op thread and one session run at a time. Next to the small-model workers, the same
+run is busy form the next batch) are started in rotating order, for the heavy model also one
+with a 2 ms queue delay (fuller, fewer runs, at the cost of that delay at low load); all use
+one intra-op and one inter-op thread and one session run at a time. Next to the small-model
+workers, the same
 load runs against a *bare* server (``python bench/bench_inference.py --bare-server``): grpc.aio
 with the generated servicer calling ``session.run``, no validation, telemetry or batching, the
 reference for what the framework costs. The floor is ``session.run`` in this process.
@@ -76,7 +78,11 @@ MODELS: dict[str, dict[str, Any]] = {
     "heavy": {"inputs": 256, "hidden": (1536, 1536, 1536), "outputs": 10},
 }
 BATCH_ON = {"INFERENCE_MAX_BATCH_SIZE": "16", "INFERENCE_MAX_QUEUE_DELAY_US": "0"}
+#: Batching with a queue delay of about two heavy-model runs (heavy model only): requests
+#: wait for others, so runs are fuller and fewer.
+BATCH_DELAY = {"INFERENCE_MAX_BATCH_SIZE": "16", "INFERENCE_MAX_QUEUE_DELAY_US": "2000"}
 BATCH_OFF = {"INFERENCE_MAX_BATCH_SIZE": "1"}
+MODES = {"off": BATCH_OFF, "on": BATCH_ON, "delay": BATCH_DELAY}
 
 
 @dataclass(frozen=True)
@@ -408,7 +414,11 @@ class Bench:
         self.plan = plan
         self.verbose = verbose
         self.rec = Recorder()
-        self.batch_sizes: dict[str, list[float]] = {"small": [], "heavy": []}
+        self.batch_sizes: dict[str, list[float]] = {
+            "small_on": [],
+            "heavy_on": [],
+            "heavy_delay": [],
+        }
         self.inline_share: list[float] = []
         self.errors = 0
 
@@ -454,6 +464,8 @@ class Bench:
                     modes = ["off", "on"] if rep % 2 == 0 else ["on", "off"]
                     if name == "small":
                         modes.insert(rep % 3, "bare")
+                    else:
+                        modes.insert((rep + 1) % 3, "delay")
                     for mode in modes:
                         if mode == "bare":
                             await self.measure_bare(small_path)
@@ -466,6 +478,12 @@ class Bench:
                 f"{name}_off_c16_rate",
                 f"{name}: batching on ÷ off, c=16 throughput",
             )
+        self.rec.ratio(
+            "heavy_batching_delay_c16",
+            "heavy_delay_c16_rate",
+            "heavy_off_c16_rate",
+            "heavy: batching on with a 2 ms queue delay ÷ off, c=16 throughput",
+        )
         self.rec.ratio(
             "small_batching_c1",
             "small_on_c1_p50",
@@ -523,7 +541,7 @@ class Bench:
 
     async def measure(self, name: str, mode: str) -> None:
         plan = self.plan
-        worker = await self.start(name, BATCH_ON if mode == "on" else BATCH_OFF)
+        worker = await self.start(name, MODES[mode])
         try:
             if name == "small" and mode == "off":
                 self.rec.add(
@@ -553,13 +571,14 @@ class Bench:
         served = after.get("requests", 0) - before.get("requests", 0)
         inline = after.get("inline_runs", 0) - before.get("inline_runs", 0)
         per_run = served / runs if runs else float("nan")
-        if mode == "on":
-            self.batch_sizes[name].append(per_run)
+        if mode != "off":
+            self.batch_sizes[f"{name}_{mode}"].append(per_run)
         if name == "small" and mode == "off" and runs:
             self.inline_share.append(inline / runs)
-        self.record(f"{name}_{mode}", f"{name}, batching {mode}", one, many)
+        what = {"off": "batching off", "on": "batching on", "delay": "batching on, 2 ms delay"}
+        self.record(f"{name}_{mode}", f"{name}, {what[mode]}", one, many)
         self.log(
-            f"{name}, batching {mode}: c=1 p50 {one.p50_ms:.2f} ms p99 {one.p99_ms:.2f} ms; "
+            f"{name}, {what[mode]}: c=1 p50 {one.p50_ms:.2f} ms p99 {one.p99_ms:.2f} ms; "
             f"c={plan.concurrency} {many.rate:,.0f}/s p99 {many.p99_ms:.1f} ms; "
             f"{per_run:.1f} requests per session run, {inline / runs if runs else 0:.0%} "
             f"inline; cold start {worker.cold_start_s:.2f} s"
@@ -622,8 +641,8 @@ def notes(bench: Bench) -> list[str]:
         f"Small model, batching off, c={bench.plan.concurrency}: {inline} of session runs "
         "inline on the event loop (median over repetitions).",
         f"Requests per session run with batching on at c={bench.plan.concurrency} (median over "
-        f"repetitions, from the worker's Prometheus counters): small {sizes['small']}, "
-        f"heavy {sizes['heavy']}.",
+        f"repetitions, from the worker's Prometheus counters): small {sizes['small_on']}, "
+        f"heavy {sizes['heavy_on']}, heavy with a 2 ms queue delay {sizes['heavy_delay']}.",
         "In the ratio table 'wrapper' reads as the numerator (batching on; the worker) and "
         "'raw' as the denominator (batching off; the bare server).",
         f"Failed calls during the run: {bench.errors}.",
@@ -644,6 +663,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "plan": plan.__dict__,
             "models": {k: {**v, "hidden": list(v["hidden"])} for k, v in MODELS.items()},
             "batching_on": BATCH_ON,
+            "batching_on_delay": BATCH_DELAY,
             "batching_off": BATCH_OFF,
             "onnxruntime": ort.__version__,
         },
