@@ -59,24 +59,28 @@ from peers.targets import (  # noqa: E402
     PeerProcess,
     PyTritonTarget,
     ReferenceTarget,
+    RouterTarget,
     Target,
     TargetError,
     WorkerTarget,
     rss_mb,
 )
 
-TITLE = "Serving peers: mlbus worker vs KServe, MLServer, Triton (PyTriton) over v2 gRPC"
+TITLE = "Serving peers: mlbus worker and router vs KServe, MLServer, Triton (PyTriton) over v2 gRPC"
 FEATURES = 30
 MODELS = {
     "small": "logistic regression, 30 features → 2 classes (skl2onnx, zipmap off)",
     "medium": "MLP classifier 30 → 256 → 256 → 2 (skl2onnx, zipmap off)",
 }
-# Targets whose figures are divided by every other target's (ratios "ours ÷ peer"). A router
-# target added later goes here too (key "mlbus_router", say).
-SUBJECTS = ("mlbus_worker",)
+# Targets whose figures are divided by every other target's (ratios "ours ÷ peer").
+SUBJECTS = ("mlbus_worker", "mlbus_router")
 # The issue's targets for a worker reached directly (same run, same client).
 TARGET_C1_P50_MS = 1.0
 TARGET_C16_VS_KSERVE = 1.3
+# ... and through the router (the extra hop included): c=1 p50, and c=16 throughput as a
+# multiple of each peer's direct figure.
+TARGET_ROUTER_C1_P50_MS = 1.5
+TARGET_ROUTER_C16_VS = {"kserve": 1.0, "mlserver": 2.5, "pytriton": 1.5}
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,7 @@ def targets(args: argparse.Namespace, log: Callable[[str], None]) -> list[Target
         MLServerTarget(log),
         PyTritonTarget(log),
         WorkerTarget(args.bootstrap_servers),
+        RouterTarget(args.bootstrap_servers),
     ]
 
 
@@ -121,6 +126,9 @@ TARGET_NOTES = {
     "defaults (dynamic batching, max_batch_size 4); gRPC only on 127.0.0.1, HTTP and metrics off",
     "mlbus_worker": "`python -m mlbus.inference` per model (started by bench_inference."
     "start_worker), defaults: batching off, 1 run at a time, SDK tracer + Prometheus metrics",
+    "mlbus_router": "`python -m mlbus.registry` + `python -m mlbus.router` with their defaults; "
+    "each model registered, approved and deployed as an endpoint whose one worker (same "
+    "defaults as mlbus_worker) the router's controller starts; client → router → worker",
 }
 
 
@@ -434,6 +442,21 @@ class Bench:
                             "denominator": bottom,
                             "per_message_cost": False,
                         }
+        # The router's extra hop: router ÷ worker.
+        if {"mlbus_worker", "mlbus_router"} <= set(subjects):
+            for name in MODELS:
+                for metric, what in (
+                    ("c16_rate", f"c={self.plan.concurrency} throughput"),
+                    ("c1_p50", "c=1 p50 latency"),
+                ):
+                    top, bottom = f"{name}_mlbus_router_{metric}", f"{name}_mlbus_worker_{metric}"
+                    if top in figures and bottom in figures:
+                        ratios[f"{name}_mlbus_router_vs_mlbus_worker_{metric}"] = {
+                            "label": f"{name}: {labels['mlbus_router']} ÷ {labels['mlbus_worker']}, {what}",
+                            "numerator": top,
+                            "denominator": bottom,
+                            "per_message_cost": False,
+                        }
         return ratios, skipped
 
 
@@ -457,6 +480,28 @@ def verdicts(bench: Bench, figures: dict[str, Any]) -> list[str]:
             verdict = "PASS" if paired >= TARGET_C16_VS_KSERVE else "FAIL"
             out.append(
                 f"Target (direct to a worker) c=16 throughput ≥ {TARGET_C16_VS_KSERVE}× KServe's, "
+                f"{name}: **{verdict}** ({paired:.2f}×, median of paired ratios)."
+            )
+    for name in MODELS:
+        p50 = figures.get(f"{name}_mlbus_router_c1_p50")
+        if p50:
+            value = statistics.median(p50["runs"])
+            verdict = "PASS" if value <= TARGET_ROUTER_C1_P50_MS else "FAIL"
+            out.append(
+                f"Target (through the router) c=1 p50 ≤ {TARGET_ROUTER_C1_P50_MS} ms, {name}: "
+                f"**{verdict}** ({value:.2f} ms)."
+            )
+        ours = figures.get(f"{name}_mlbus_router_c16_rate")
+        for peer, want in TARGET_ROUTER_C16_VS.items():
+            theirs = figures.get(f"{name}_{peer}_c16_rate")
+            if not ours or not theirs or len(ours["runs"]) != len(theirs["runs"]):
+                continue
+            paired = statistics.median(
+                a / b for a, b in zip(ours["runs"], theirs["runs"], strict=True)
+            )
+            verdict = "PASS" if paired >= want else "FAIL"
+            out.append(
+                f"Target (through the router) c=16 throughput ≥ {want}× {peer}'s (direct), "
                 f"{name}: **{verdict}** ({paired:.2f}×, median of paired ratios)."
             )
     return out

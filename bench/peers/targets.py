@@ -36,6 +36,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -581,3 +582,128 @@ def _tail(path: Path, lines: int = 20) -> str:
     except OSError:
         return ""
     return "\n".join(text.strip().splitlines()[-lines:])
+
+
+class RouterTarget(Target):
+    """The mlbus router as clients reach it: a registry and a router process on the runner's
+    broker; each model is registered, approved and deployed as an endpoint (name = model
+    name) whose one worker the router's deployment controller starts, with the worker's
+    defaults. Requests take the extra hop client → router → worker."""
+
+    key = "mlbus_router"
+    label = "mlbus router (→ worker)"
+
+    def __init__(self, bootstrap_servers: str) -> None:
+        super().__init__()
+        self.bootstrap = bootstrap_servers
+        self.processes: list[ServerProcess] = []
+
+    def _env(self, workdir: Path, extra: dict[str, str]) -> dict[str, str]:
+        return {
+            **os.environ,
+            "MLBUS_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "MLBUS_STORAGE_ROOT": str(workdir / "router-objects"),
+            "MLBUS_GRPC_SHUTDOWN_GRACE_S": "1",
+            "PYTHONUNBUFFERED": "1",
+            **extra,
+        }
+
+    async def start(self, models: dict[str, Path], workdir: Path) -> dict[str, Endpoint]:
+        registry_port, router_port = free_port(), free_port()
+        namespace = f"bench-router-{uuid.uuid4().hex[:6]}"
+        home = workdir / "router-home"
+        common = {"MLBUS_KAFKA_TOPIC_NAMESPACE": namespace}
+        registry = ServerProcess.spawn(
+            [sys.executable, "-m", "mlbus.registry"],
+            self._env(
+                workdir,
+                {
+                    **common,
+                    "REGISTRY_GRPC_PORT": str(registry_port),
+                    "REGISTRY_METRICS_PORT": "0",
+                    "REGISTRY_HOME": str(home),
+                    "REGISTRY_ALLOW_SELF_APPROVAL": "true",
+                },
+            ),
+            workdir / "registry.log",
+            workdir,
+        )
+        self.processes.append(registry)
+        started = time.perf_counter()
+        try:
+            registry_address = f"{LOOPBACK}:{registry_port}"
+            await _wait_health(registry_address, registry)
+            router = ServerProcess.spawn(
+                [sys.executable, "-m", "mlbus.router"],
+                self._env(
+                    workdir,
+                    {
+                        **common,
+                        "ROUTER_GRPC_PORT": str(router_port),
+                        "ROUTER_METRICS_PORT": "0",
+                        "ROUTER_HOME": str(home),
+                        "ROUTER_REGISTRY_ADDRESS": registry_address,
+                    },
+                ),
+                workdir / "router.log",
+                workdir,
+            )
+            self.processes.append(router)
+            address = f"{LOOPBACK}:{router_port}"
+            await _wait_health(address, router)
+            await asyncio.to_thread(_deploy, registry_address, models)
+            await wait_ready(address, list(models), router.alive)
+        except BaseException as exc:
+            tail = self.log_tail()
+            await self.stop()
+            if isinstance(exc, Exception) and not isinstance(exc, TargetError):
+                raise TargetError(f"{self.key}: {exc!r}; log tail:\n{tail}") from exc
+            raise
+        self.startup_s = time.perf_counter() - started
+        await self.check_loopback()
+        return {name: Endpoint(address, name) for name in models}
+
+    async def stop(self) -> None:
+        processes, self.processes = self.processes, []
+        for process in reversed(processes):
+            await asyncio.to_thread(process.stop)
+
+    def pids(self) -> list[int]:
+        return [pid for p in self.processes for pid in p.pids()]
+
+    def log_tail(self, lines: int = 20) -> str:
+        return "\n".join(p.tail(lines) for p in self.processes)
+
+
+async def _wait_health(
+    address: str, process: ServerProcess, timeout: float = READY_TIMEOUT_S
+) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if not process.alive():
+                raise TargetError(f"process exited during start-up:\n{process.tail()}")
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.1)
+    raise TargetError(f"{address} not SERVING within {timeout:.0f}s")
+
+
+def _deploy(registry_address: str, models: dict[str, Path]) -> None:
+    from mlbus.sdk.registry import RegistryClient
+
+    with RegistryClient(registry_address, actor="bench") as registry:
+        for name, path in models.items():
+            version = registry.register(path, group=name, create_group=True)
+            registry.approve(name, version.version, reason="benchmark")
+            registry.create_endpoint(
+                name, [{"name": "main", "model_group": name, "model_version": version.version}]
+            )
