@@ -152,9 +152,14 @@ class InferenceApp(ServiceApp):
             self._async_start.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._async_start
-        for consumer in (self.async_consumer, self.batch_consumer):
-            if consumer is not None and consumer.running:
-                await consumer.stop()
+        # Both leave their groups at once: a stopping worker should not wait twice.
+        await asyncio.gather(
+            *(
+                c.stop()
+                for c in (self.async_consumer, self.batch_consumer)
+                if c is not None and c.running
+            )
+        )
         if self._async_store is not None:
             await self._async_store.aclose()
             self._async_store = None

@@ -457,7 +457,10 @@ class DeploymentController:
             worker.instance.healthy = False
             if pool is not None and worker.instance in pool.instances:
                 pool.instances.remove(worker.instance)
-            self._spawn_task(worker.instance.client.close(), f"close-{worker.id}")
+            # Not closed at once: closing a channel cancels its in-flight calls, whose
+            # requests would then get no answer; on a dead worker they fail UNAVAILABLE
+            # by themselves and are retried on another instance.
+            self._spawn_task(self._close_when_idle(worker.instance), f"close-{worker.id}")
         log.warning(
             "worker exited while serving; replacing it",
             extra={
@@ -501,6 +504,13 @@ class DeploymentController:
                 )
         self._update_gauges()
         await self._notify()
+
+    async def _close_when_idle(self, instance: Instance, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while instance.outstanding > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        with contextlib.suppress(Exception):
+            await instance.client.close()
 
     def _pool_is_live(self, state: _Endpoint, pool: VariantPool | None) -> bool:
         route = self.table.find(state.name)

@@ -10,6 +10,7 @@ Input tensors are never decoded on the router.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Sequence
@@ -33,6 +34,19 @@ SERVICE_NAME: Final = "inference.GRPCInferenceService"
 TARGET_VARIANT_PARAMETER: Final = "target_variant"
 TARGET_VARIANT_HEADER: Final = "mlbus-target-variant"
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+
+
+class _LocalUnavailable(grpc.aio.AioRpcError):
+    """UNAVAILABLE made up by the router for a worker call that could not complete."""
+
+    def __init__(self, details: str) -> None:
+        super().__init__(
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(),
+            details=details,
+            debug_error_string="",
+        )
 
 
 def _version() -> str:
@@ -220,6 +234,12 @@ class RouterInferenceServicer:
                 return response
             except grpc.aio.AioRpcError as exc:
                 error = exc
+            except asyncio.CancelledError:
+                # The call to the worker was cancelled under us (its channel closed because
+                # the worker went away), not the caller's call: answer it elsewhere.
+                if context.cancelled() or instance.healthy:
+                    raise
+                error = _LocalUnavailable(f"worker {instance.id} went away during the call")
             finally:
                 instance.outstanding -= 1
             tried.append(instance)
