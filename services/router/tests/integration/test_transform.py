@@ -432,3 +432,104 @@ async def test_transformer_sdk_and_cli(stack: Any, endpoint_name: str) -> None:
     assert cli_job["status"] == "COMPLETED"
     assert cli_job["records_done"] == 1_000
     assert json.loads(described.output)["job_id"] == job.job_id
+
+
+def fallbacks(stack: Any, endpoint: str) -> list[str]:
+    """Chunks the endpoint's worker ran record by record (from its log)."""
+    found = []
+    for path in sorted((stack.home / "logs" / "workers").glob(f"{endpoint}_main_*.log")):
+        for line in path.read_text().splitlines():
+            if "chunk runs record by record" in line:
+                found.append(json.loads(line)["message"])
+    return found
+
+
+async def test_fast_and_per_record_chunks_write_the_same_lines(
+    stack: Any, endpoint_name: str
+) -> None:
+    """A chunk with a bad record runs record by record; its good records come out exactly as
+    the same records do from a chunk that ran column-wise (join with the input, quoted cells,
+    an output filter), and blank lines keep the error's line number right."""
+    await deploy(stack, endpoint_name, seed=47)
+    stub = rpb_grpc.RouterServiceStub(stack.channel)
+    store = stack.router.transform.store
+    x = csv_rows(100, seed=6)
+    rows = [f"r{i}," + ",".join(repr(float(v)) for v in row) for i, row in enumerate(x)]
+    # Chunk 0: the rows; chunk 1: the same rows with a blank and a bad line among them
+    # (line 153 of the file); chunk 2: the last row.
+    lines = ['"id","a","b","c","d"', *rows, *rows[:50], "", "r-bad,1.0,nope,3.0,4.0", *rows[50:]]
+    uri = await put(stack, f"same/{endpoint_name}/rows.csv", ("\n".join(lines) + "\n").encode())
+    outputs = {}
+    for name, extra in {
+        "joined": {"join_source": rpb.JOIN_SOURCE_INPUT},
+        "filtered": {"join_source": rpb.JOIN_SOURCE_INPUT, "output_filter": "0,5"},
+        "plain": {},
+    }.items():
+        job = (
+            await stub.CreateTransformJob(
+                rpb.CreateTransformJobRequest(
+                    spec=rpb.TransformJobSpec(
+                        endpoint=endpoint_name,
+                        input_uri=uri,
+                        output_uri=prefix_uri(store, f"same-out/{endpoint_name}/{name}/"),
+                        input_filter="a,b,c,d",
+                        records_per_chunk=100,
+                        max_records_per_batch=32,
+                        **extra,
+                    )
+                ),
+                timeout=10,
+            )
+        ).job
+        job = await finished(stub, job.job_id)
+        assert job.status == rev.TRANSFORM_JOB_STATUS_COMPLETED_WITH_ERRORS, job.reason
+        assert (job.records_total, job.records_failed, job.chunks_total) == (201, 1, 3)
+        errors = [json.loads(e) for e in (await read(stack, job.error_files[0].uri)).splitlines()]
+        assert [(e["line"], "nope" in e["error"]) for e in errors] == [(153, True)]
+        out = (await read(stack, job.outputs[0].uri)).decode().splitlines()
+        assert len(out) == 200
+        assert out[:100] == out[100:], name
+        outputs[name] = out
+    predicted = stack.reference(47, x).ravel()
+    np.testing.assert_allclose(
+        [float(v) for v in outputs["plain"][:100]], predicted, rtol=1e-4, atol=1e-5
+    )
+    assert outputs["joined"][:100] == [
+        f"{row},{value}" for row, value in zip(rows, outputs["plain"][:100], strict=True)
+    ]
+    assert outputs["filtered"][:100] == [
+        f"r{i},{value}" for i, value in enumerate(outputs["plain"][:100])
+    ]
+    # Only the chunk with the bad record ran record by record, once per job.
+    assert len(fallbacks(stack, endpoint_name)) == 3, fallbacks(stack, endpoint_name)
+
+
+async def test_csv_without_header_and_an_index_filter(stack: Any, endpoint_name: str) -> None:
+    await deploy(stack, endpoint_name, seed=48)
+    stub = rpb_grpc.RouterServiceStub(stack.channel)
+    store = stack.router.transform.store
+    x = csv_rows(500, seed=7)
+    text = "\n".join(f"id{i}," + ",".join(map(str, r)) for i, r in enumerate(x.tolist()))
+    uri = await put(stack, f"nohead/{endpoint_name}/rows.csv", text.encode())  # no final \n
+    job = (
+        await stub.CreateTransformJob(
+            rpb.CreateTransformJobRequest(
+                spec=rpb.TransformJobSpec(
+                    endpoint=endpoint_name,
+                    input_uri=uri,
+                    output_uri=prefix_uri(store, f"nohead-out/{endpoint_name}/"),
+                    csv_header=False,
+                    input_filter="1,2,3,-1",
+                    records_per_chunk=200,
+                )
+            ),
+            timeout=10,
+        )
+    ).job
+    job = await finished(stub, job.job_id)
+    assert job.status == rev.TRANSFORM_JOB_STATUS_COMPLETED, job.reason
+    out = (await read(stack, job.outputs[0].uri)).decode().splitlines()
+    np.testing.assert_allclose(
+        np.array(out, dtype=np.float32), stack.reference(48, x).ravel(), rtol=1e-4, atol=1e-5
+    )
+    assert fallbacks(stack, endpoint_name) == []

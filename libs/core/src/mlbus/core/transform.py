@@ -5,10 +5,15 @@ Everything of a job lives in the object store under ``transform/<job id>/``:
 
 * ``job.json`` — the :class:`JobManifest`: the spec, the input files and how they were
   cut into chunks (written by the router before any chunk is sent, updated as it goes);
-* ``chunks/<index>.in`` — a chunk's records, the original lines (CSV without the header,
-  JSON Lines), or nothing for a Parquet chunk (it names a file and a row range);
+* ``chunks/<index>.in`` — a chunk's records: the input file's bytes from one line to
+  another (CSV without the header, JSON Lines), blank lines included (they are no records
+  but keep the line numbers of the records after them: the chunk's first line is line
+  ``first_record_index`` of the file, counted from 0 after any header), or nothing for a
+  Parquet chunk (it names a file and a row range). ``record_count`` counts the non-blank
+  lines;
 * ``chunks/<index>.out`` — the chunk's output lines, one per successful record, in order;
-* ``chunks/<index>.err`` — JSON Lines ``{"file", "line", "error"}`` of its failed records;
+* ``chunks/<index>.err`` — JSON Lines ``{"file", "line", "error"}`` of its failed records
+  (only written when some failed);
 * ``chunks/<index>.done`` — ``{"records", "failed"}``, written last (only if absent).
 
 A chunk is done exactly when its ``.done`` exists, and every file is written only if

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel, Field
 
@@ -34,6 +36,19 @@ from mlbus.router.v1 import events_pb2 as rev
 from mlbus.router.v1 import router_pb2 as rpb
 
 log = logging.getLogger(__name__)
+
+#: Bytes read from an input file at a time while splitting it by line.
+SPLIT_BLOCK_BYTES = 8 * 1024 * 1024
+#: Chunks being written to the object store and published at once during a split.
+SPLIT_IN_FLIGHT = 4
+#: Once the split is done and at most this many chunks are left, ``.done`` markers are
+#: looked for every FINAL_POLL_INTERVAL_S instead of every ``poll_interval_s``: the job's end
+#: is then seen (and the output assembled) sooner.
+FINAL_CHUNKS = 8
+FINAL_POLL_INTERVAL_S = 0.05
+#: ASCII whitespace (what ``bytes.strip`` removes): a line of only these is blank.
+_WHITESPACE = np.zeros(256, dtype=bool)
+_WHITESPACE[list(b" \t\n\r\x0b\x0c")] = True
 
 Status = Literal[
     "PENDING", "IN_PROGRESS", "COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED", "STOPPING", "STOPPED"
@@ -347,31 +362,39 @@ class TransformService:
         return files
 
     async def _csv_header(self, uri: str) -> list[str]:
-        async for first in self._lines(uri):
-            return [c.strip() for c in first.decode("utf-8", "replace").split(",")]
-        return []
-
-    async def _lines(self, uri: str) -> AsyncIterator[bytes]:
-        rest = b""
-        async for block in self.store.get(uri):
-            data = rest + block
-            lines = data.split(b"\n")
-            rest = lines.pop()
-            for line in lines:
-                yield line
-        if rest:
-            yield rest
+        """The column names in the first line of a CSV file (a CSV record itself)."""
+        first = b""
+        async for block in self.store.get(uri, chunk_size=64 * 1024):
+            first += block
+            if b"\n" in first:
+                break
+        if not first:
+            return []
+        line = first.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8-sig", "replace")
+        return [c.strip() for c in next(csv.reader([line]), [""])]
 
     # --- running -----------------------------------------------------------------------
 
     async def _run(self, job: _Job) -> None:
+        # Progress is followed while the input is still being split: workers finish the
+        # first chunks long before the last ones are cut.
+        follower: asyncio.Task[None] | None = None
         try:
             if not job.manifest.split_done:
+                follower = asyncio.create_task(self._follow(job), name="transform-follow")
                 await self._split(job)
-            await self._follow(job)
+                await follower
+            else:
+                await self._follow(job)
         except asyncio.CancelledError:
+            if follower is not None:
+                follower.cancel()
             raise
         except Exception as exc:
+            if follower is not None:
+                follower.cancel()
+                with contextlib.suppress(BaseException):
+                    await follower
             log.exception("transform job failed", extra={"job_id": job.manifest.job_id})
             job.status.status = "FAILED"
             job.status.reason = f"{type(exc).__name__}: {exc}"
@@ -380,54 +403,85 @@ class TransformService:
             await self._event(job, force=True)
 
     async def _split(self, job: _Job) -> None:
-        m, store = job.manifest, self.store
-        topic = self.catalogue.batch_chunks(m.endpoint)
+        m = job.manifest
         job.status.status = "IN_PROGRESS"
         job.status.start_time = job.status.start_time or time.time()
         await self._save_status(job)
         await self._event(job, force=True)
         index = 0
         records_total = 0
-        for item in m.files:
-            item.first_chunk = index
-            item.chunk_count = 0
-            item.records = 0
-            if m.content_type == tf.CSV and m.csv_header:
-                item.columns = await self._csv_header(item.uri)
-            await self._save_manifest(job)
-            async for first, count, data in self._chunks(m, item):
-                if job.stop_requested.is_set():
-                    break
-                ref: common_pb2.ObjectRef
-                if data is None:
-                    ref = common_pb2.ObjectRef(uri=item.uri)
-                else:
-                    put = await store.put(tf.chunk_key(m.job_id, index, "in"), data)
-                    ref = common_pb2.ObjectRef(uri=put.uri, sha256=put.sha256, size_bytes=put.size)
-                await self.producer.publish(
-                    topic,
-                    rev.BatchChunkRequested(
-                        job_id=m.job_id,
-                        chunk_index=index,
-                        input=ref,
-                        first_record_index=first,
-                        record_count=count,
-                        endpoint=m.endpoint,
-                    ),
-                    key=f"{m.job_id}/{index}",
-                    event_id=f"{m.job_id}/{index}",
-                )
-                index += 1
-                item.chunk_count += 1
-                item.records += count
-                records_total += count
-                m.chunks_total = index
-                m.records_total = records_total
+        # Up to SPLIT_IN_FLIGHT chunks are written and published at once while the next
+        # ones are cut: a chunk's write waits on the disk and its publish on the broker.
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            for item in m.files:
+                item.first_chunk = index
+                item.chunk_count = 0
+                item.records = 0
+                if m.content_type == tf.CSV and m.csv_header:
+                    item.columns = await self._csv_header(item.uri)
+                await self._save_manifest(job)
+                async for first, count, data in self._chunks(m, item):
+                    if job.stop_requested.is_set():
+                        break
+                    while len(in_flight) >= SPLIT_IN_FLIGHT:
+                        done, in_flight = await asyncio.wait(
+                            in_flight, return_when=asyncio.FIRST_COMPLETED
+                        )
+                        for task in done:
+                            task.result()
+                    in_flight.add(
+                        asyncio.create_task(self._send_chunk(m, item, index, first, count, data))
+                    )
+                    index += 1
+                    item.chunk_count += 1
+                    item.records += count
+                    records_total += count
+                    m.chunks_total = index
+                    m.records_total = records_total
+            while in_flight:
+                done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    task.result()
+        finally:
+            for task in in_flight:
+                task.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
         m.split_done = True
         await self._save_manifest(job)
         log.info(
             "transform job split",
             extra={"job_id": m.job_id, "chunks": index, "records": records_total},
+        )
+
+    async def _send_chunk(
+        self,
+        m: tf.JobManifest,
+        item: tf.InputFile,
+        index: int,
+        first: int,
+        count: int,
+        data: bytes | None,
+    ) -> None:
+        """Write a chunk's input (unless it is a part of a Parquet file) and publish it."""
+        ref: common_pb2.ObjectRef
+        if data is None:
+            ref = common_pb2.ObjectRef(uri=item.uri)
+        else:
+            put = await self.store.put(tf.chunk_key(m.job_id, index, "in"), data)
+            ref = common_pb2.ObjectRef(uri=put.uri, sha256=put.sha256, size_bytes=put.size)
+        await self.producer.publish(
+            self.catalogue.batch_chunks(m.endpoint),
+            rev.BatchChunkRequested(
+                job_id=m.job_id,
+                chunk_index=index,
+                input=ref,
+                first_record_index=first,
+                record_count=count,
+                endpoint=m.endpoint,
+            ),
+            key=f"{m.job_id}/{index}",
+            event_id=f"{m.job_id}/{index}",
         )
 
     async def _chunks(
@@ -448,26 +502,15 @@ class TransformService:
         if m.split_type == "none":
             yield 0, 1, await self.store.read_bytes(item.uri)
             return
-        skip_header = m.content_type == tf.CSV and m.csv_header
-        buffer: list[bytes] = []
-        first = 0
-        seen = 0
-        async for line in self._lines(item.uri):
-            if skip_header:
-                skip_header = False
-                continue
-            if not line.strip():
-                seen += 1
-                continue
-            if not buffer:
-                first = seen
-            buffer.append(line)
-            seen += 1
-            if len(buffer) >= m.records_per_chunk:
-                yield first, len(buffer), b"\n".join(buffer) + b"\n"
-                buffer = []
-        if buffer:
-            yield first, len(buffer), b"\n".join(buffer) + b"\n"
+        cutter = LineCutter(
+            m.records_per_chunk, skip_header=m.content_type == tf.CSV and m.csv_header
+        )
+        async for block in self.store.get(item.uri, chunk_size=SPLIT_BLOCK_BYTES):
+            # numpy over a few MB: off the event loop, which serves real-time traffic.
+            for piece in await asyncio.to_thread(cutter.feed, block):
+                yield piece
+        for piece in cutter.finish():
+            yield piece
 
     async def _follow(self, job: _Job) -> None:
         m, store = job.manifest, self.store
@@ -494,8 +537,11 @@ class TransformService:
                 await self._finish(job)
                 return
             await self._event(job)
+            interval = self.poll_interval_s
+            if m.split_done and m.chunks_total - len(job.done) <= FINAL_CHUNKS:
+                interval = min(interval, FINAL_POLL_INTERVAL_S)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(job.stop_requested.wait(), self.poll_interval_s)
+                await asyncio.wait_for(job.stop_requested.wait(), interval)
 
     async def _finish(self, job: _Job) -> None:
         m, s, store = job.manifest, job.status, self.store
@@ -526,7 +572,9 @@ class TransformService:
             if any(job.done.get(i, (0, 0))[1] for i in chunks):
                 errors = await store.put(
                     f"{out_prefix}{item.name}.errors.jsonl",
-                    self._concat(m.job_id, chunks, "err"),
+                    self._concat(
+                        m.job_id, [i for i in chunks if job.done.get(i, (0, 0))[1]], "err"
+                    ),
                     content_type=tf.JSONL,
                 )
                 s.error_files.append(
@@ -556,8 +604,9 @@ class TransformService:
         )
 
     async def _concat(
-        self, job_id: str, chunks: range, suffix: Literal["out", "err"]
+        self, job_id: str, chunks: Sequence[int], suffix: Literal["out", "err"]
     ) -> AsyncIterator[bytes]:
+        # Chunks without failed records may have no .err (workers write one only if needed).
         for index in chunks:
             async for block in self.store.get(
                 self.store.uri_for(tf.chunk_key(job_id, index, suffix))
@@ -605,6 +654,83 @@ class TransformService:
             log.warning(
                 "cannot publish transform job status", exc_info=True, extra={"job_id": m.job_id}
             )
+
+
+class LineCutter:
+    """Cuts a file fed block by block into chunks of ``records`` non-blank lines.
+
+    A chunk is the file's bytes from one line to another, line ends included; blank lines
+    (empty or whitespace only) are no records but stay in the chunk, so a worker numbers
+    the chunk's lines as the file does. Each chunk comes out as ``(index of its first line
+    after the header, record count, bytes)``; lines after the last record (blank ones at
+    the end of the file) make no chunk. Newlines are found with numpy, a block at a time.
+    """
+
+    def __init__(self, records: int, *, skip_header: bool = False) -> None:
+        if records < 1:
+            raise ValueError(f"records: expected at least 1, got {records}")
+        self.records = records
+        self._skip_header = skip_header
+        self._partial = b""  # an incomplete last line
+        self._pieces: list[bytes] = []  # complete lines of the chunk being filled
+        self._filled = 0  # records in those lines
+        self._first = 0  # line index of the chunk's first line
+        self._line = 0  # line index of the next complete line
+
+    def feed(self, block: bytes) -> list[tuple[int, int, bytes]]:
+        """The chunks completed by ``block``."""
+        data = self._partial + block if self._partial else block
+        end = data.rfind(b"\n") + 1
+        if end == 0:
+            self._partial = data
+            return []
+        self._partial = data[end:]
+        return self._lines(data, end)
+
+    def finish(self) -> list[tuple[int, int, bytes]]:
+        """The last chunk (including a last line without a line end)."""
+        out = self.feed(b"\n") if self._partial else []
+        if self._filled:
+            out.append((self._first, self._filled, b"".join(self._pieces)))
+        self._pieces, self._filled = [], 0
+        return out
+
+    def _lines(self, data: bytes, end: int) -> list[tuple[int, int, bytes]]:
+        view = np.frombuffer(data, dtype=np.uint8, count=end)
+        ends = np.flatnonzero(view == 10)  # index of each line's newline
+        start = 0
+        if self._skip_header:
+            self._skip_header = False
+            start = int(ends[0]) + 1
+            ends = ends[1:]
+            if not len(ends):
+                return []
+        starts = np.empty_like(ends)
+        starts[0] = start
+        starts[1:] = ends[:-1] + 1
+        lengths = ends - starts
+        # Blank: empty, or (rarely) starting with whitespace and holding nothing else.
+        maybe = np.flatnonzero((lengths == 0) | _WHITESPACE[view[np.minimum(starts, end - 1)]])
+        record = np.ones(len(ends), dtype=bool)
+        for k in maybe.tolist():
+            if not data[int(starts[k]) : int(ends[k])].strip():
+                record[k] = False
+        counts = np.cumsum(record) + self._filled
+        cuts = np.flatnonzero(record & (counts % self.records == 0)).tolist()
+        out: list[tuple[int, int, bytes]] = []
+        begin = start
+        for k in cuts:
+            stop = int(ends[k]) + 1
+            self._pieces.append(data[begin:stop])
+            out.append((self._first, self.records, b"".join(self._pieces)))
+            self._pieces, self._filled = [], 0
+            self._first = self._line + k + 1
+            begin = stop
+        if begin < end:
+            self._pieces.append(data[begin:end])
+            self._filled = int(counts[-1]) % self.records
+        self._line += len(ends)
+        return out
 
 
 def _spec_dict(spec: rpb.TransformJobSpec, manifest: tf.JobManifest) -> dict[str, Any]:

@@ -1,13 +1,21 @@
 """Batch transform: the worker's handler for its endpoint's batch-chunk topic.
 
-A chunk (see :mod:`mlbus.core.transform`) is a slice of one input file. The worker parses
-its records (CSV with pyarrow, falling back to a per-line parser to find the bad ones;
-JSON Lines; Parquet row ranges), applies the job's input filter, runs the model in batches
-of ``max_records_per_batch`` (MULTI_RECORD) or one by one (SINGLE_RECORD) — a batch the
-model refuses is re-run record by record so only the bad records fail — joins the input
-when asked, applies the output filter and writes ``.out``, ``.err`` and finally ``.done``,
-each only if absent. A chunk whose ``.done`` exists is skipped, so redelivery after a
-crash neither loses nor duplicates a record.
+A chunk (see :mod:`mlbus.core.transform`) is a slice of one input file. CSV chunks for a
+model with numeric inputs take the fast path: pyarrow parses the whole chunk (column names
+from the manifest, the model's columns as numbers) straight into the model's input arrays,
+the model runs on slices of ``max_records_per_batch`` rows, and the outputs are formatted
+column by column (numbers to text in Arrow, lines joined in Arrow). When anything on that
+path fails — a record pyarrow cannot parse, a batch the model refuses, a layout it does not
+cover — the chunk is run again on the per-record path, which finds the bad records and
+reports each with its line number: records parsed one by one (CSV cells, JSON Lines,
+Parquet rows), the job's input filter, the model in batches of ``max_records_per_batch``
+(MULTI_RECORD) or one by one (SINGLE_RECORD) with a refused batch re-run record by record,
+the input joined when asked, the output filter. Both paths format a CSV output line the
+same way, so where a chunk ran does not show in the output.
+
+The handler writes ``.out``, ``.err`` and finally ``.done``, each only if absent. A chunk
+whose ``.done`` exists is skipped, so redelivery after a crash neither loses nor duplicates
+a record.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +46,14 @@ log = logging.getLogger(__name__)
 
 #: How long a worker trusts its copy of a job manifest (a stop is seen within this).
 MANIFEST_TTL_S = 2.0
+#: Parse a CSV chunk on pyarrow's thread pool (a worker often has one chunk at a time; the
+#: parse is most of a chunk's work).
+CSV_THREADS = True
+#: Characters that make a CSV output cell quoted (the csv module's minimal quoting, plus
+#: line breaks, which would otherwise split an output record in two).
+_CSV_SPECIAL = (",", '"', "\r", "\n")
+#: Regular expression of the same characters, for Arrow.
+_CSV_SPECIAL_RE = '[,"\r\n]'
 
 
 @dataclass
@@ -51,12 +68,17 @@ class Record:
     error: str = ""
 
 
-def _format_value(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, (float, np.floating)):
-        return repr(float(value))
-    return str(value)
+@dataclass
+class ChunkResult:
+    """What a chunk produced: the ``.out`` body, the failed records, the record count."""
+
+    out: bytes
+    errors: list[dict[str, Any]]
+    records: int
+
+
+class FastPathUnavailable(Exception):
+    """The fast path does not cover this chunk (or failed on it): run it record by record."""
 
 
 class BatchChunkHandler:
@@ -72,6 +94,9 @@ class BatchChunkHandler:
         self.chunks = 0
         self.records = 0
         self.failed = 0
+        #: Chunks run on the fast path, and chunks it handed to the per-record path.
+        self.fast_chunks = 0
+        self.fallbacks = 0
 
     @property
     def store(self) -> ObjectStore:
@@ -122,48 +147,75 @@ class BatchChunkHandler:
                 return
             source = manifest.file_of(index)
         try:
-            records = await self._records(manifest, source, chunk)
-        except Unavailable as exc:
-            raise RetryableError(str(exc)) from exc
-        try:
+            data = await self._read(manifest, source, chunk)
             engine = self.worker.ready_engine(self.endpoint, "")
         except Unavailable as exc:
             raise RetryableError(str(exc)) from exc
         signature: ModelSignature = engine.runner.signature
-        lines: list[bytes] = []
-        errors: list[dict[str, Any]] = []
-        await self._run(manifest, source, signature, engine, records, lines, errors)
-        for key, body in (
-            (tf.chunk_key(job_id, index, "out"), b"".join(line + b"\n" for line in lines)),
-            (
-                tf.chunk_key(job_id, index, "err"),
-                b"".join(json.dumps(e).encode() + b"\n" for e in errors),
-            ),
+        result: ChunkResult | None = None
+        if _fast_csv(manifest, signature):
+            try:
+                result = await self._run_csv_fast(manifest, source, signature, engine, data, chunk)
+                self.fast_chunks += 1
+            except FastPathUnavailable as exc:
+                self.fallbacks += 1
+                log.info(
+                    "chunk runs record by record: %s",
+                    exc,
+                    extra={"job_id": job_id, "chunk": index},
+                )
+        if result is None:
+            records = self._split(manifest, source, chunk, data)
+            lines: list[bytes] = []
+            errors: list[dict[str, Any]] = []
+            await self._run(manifest, source, signature, engine, records, lines, errors)
+            result = ChunkResult(b"".join(line + b"\n" for line in lines), errors, len(records))
+        files = [(tf.chunk_key(job_id, index, "out"), result.out)]
+        if result.errors:  # the router reads .err only of chunks with failed records
+            files.append(
+                (
+                    tf.chunk_key(job_id, index, "err"),
+                    b"".join(json.dumps(e).encode() + b"\n" for e in result.errors),
+                )
+            )
+        files.append(
             (
                 tf.chunk_key(job_id, index, "done"),
-                json.dumps({"records": len(records), "failed": len(errors)}).encode(),
-            ),
-        ):
+                json.dumps({"records": result.records, "failed": len(result.errors)}).encode(),
+            )
+        )
+        for key, body in files:
             # Another delivery of this chunk may have got here first; its files are the same.
             with contextlib.suppress(AlreadyExists):
                 await store.put(key, body, content_type="application/octet-stream", if_absent=True)
         self.chunks += 1
-        self.records += len(records)
-        self.failed += len(errors)
+        self.records += result.records
+        self.failed += len(result.errors)
 
     # --- records -----------------------------------------------------------------------
 
-    async def _records(
+    async def _read(
         self, manifest: tf.JobManifest, source: tf.InputFile, chunk: rev.BatchChunkRequested
-    ) -> list[Record]:
-        first_line = int(chunk.first_record_index) + 1
+    ) -> bytes:
+        """The chunk's bytes: its ``.in`` object, or the whole Parquet file it is a part of."""
         if manifest.content_type == tf.PARQUET:
-            return await asyncio.to_thread(
-                self._parquet_records, await self.store.read_bytes(source.uri), chunk
-            )
-        data = await self.store.read_bytes(
+            return await self.store.read_bytes(source.uri)
+        return await self.store.read_bytes(
             chunk.input.uri, expected_sha256=chunk.input.sha256 or None
         )
+
+    def _split(
+        self,
+        manifest: tf.JobManifest,
+        source: tf.InputFile,
+        chunk: rev.BatchChunkRequested,
+        data: bytes,
+    ) -> list[Record]:
+        """The chunk's records, each with its line in the input file (blank lines, which
+        the router may leave in a chunk, are no records but keep their line numbers)."""
+        first_line = int(chunk.first_record_index) + 1
+        if manifest.content_type == tf.PARQUET:
+            return self._parquet_records(data, chunk)
         if manifest.split_type == "none":
             return [Record(line=first_line, raw=data)]
         header_lines = (
@@ -172,10 +224,12 @@ class BatchChunkHandler:
         raw_lines = data.split(b"\n")
         if raw_lines and raw_lines[-1] == b"":
             raw_lines.pop()
-        return [
-            Record(line=first_line + header_lines + k, raw=line.rstrip(b"\r"))
-            for k, line in enumerate(raw_lines)
-        ]
+        records = []
+        for k, line in enumerate(raw_lines):
+            text = line.rstrip(b"\r")
+            if text.strip():
+                records.append(Record(line=first_line + header_lines + k, raw=text))
+        return records
 
     @staticmethod
     def _parquet_records(data: bytes, chunk: rev.BatchChunkRequested) -> list[Record]:
@@ -201,7 +255,12 @@ class BatchChunkHandler:
         columns = source.columns
         if kind == tf.PARQUET and records:
             columns = [str(c) for c in records[0].parsed]
-        picked = tf.parse_columns(manifest.input_filter, columns) if columns else None
+        # Without a header the filter names columns by index (it used to be ignored).
+        picked = (
+            tf.parse_columns(manifest.input_filter, columns)
+            if columns or (kind == tf.CSV and manifest.input_filter.strip())
+            else None
+        )
         for record in records:
             try:
                 if kind == tf.JSONL:
@@ -229,7 +288,70 @@ class BatchChunkHandler:
             except Exception as exc:
                 record.error = f"cannot read the record: {type(exc).__name__}: {exc}"
 
-    # --- running -----------------------------------------------------------------------
+    # --- the fast path (CSV, numeric inputs) -------------------------------------------
+
+    async def _run_csv_fast(
+        self,
+        manifest: tf.JobManifest,
+        source: tf.InputFile,
+        signature: ModelSignature,
+        engine: Any,
+        data: bytes,
+        chunk: rev.BatchChunkRequested,
+    ) -> ChunkResult:
+        """Parse, run and format a whole CSV chunk column-wise; FastPathUnavailable when
+        the chunk needs the per-record path."""
+        lines = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+        if chunk.record_count and lines != int(chunk.record_count):
+            raise FastPathUnavailable("the chunk has blank lines")
+        try:
+            inputs, rows = await asyncio.to_thread(
+                _parse_csv, data, manifest, source.columns, signature
+            )
+        except FastPathUnavailable:
+            raise
+        except Exception as exc:
+            raise FastPathUnavailable(f"pyarrow cannot read the chunk: {exc}") from exc
+        if rows != lines:
+            raise FastPathUnavailable(f"pyarrow read {rows} records of {lines} lines")
+        size = (
+            1
+            if manifest.batch_strategy == "single_record"
+            else max(manifest.max_records_per_batch, 1)
+        )
+        names = signature.output_names
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        for start in range(0, rows, size):
+            stop = min(start + size, rows)
+            feeds = {name: array[start:stop] for name, array in inputs.items()}
+            try:
+                outputs = await engine.infer(feeds, names)
+            except Unavailable as exc:
+                raise RetryableError(str(exc)) from exc
+            except MlbusError as exc:
+                raise FastPathUnavailable(f"the model refused a batch: {exc.message}") from exc
+            for name in names:
+                value = np.asarray(outputs[name])
+                if value.ndim == 0 or value.shape[0] != stop - start:
+                    raise FastPathUnavailable(
+                        f"output {name!r} has no batch dimension (shape {list(value.shape)})"
+                    )
+                parts[name].append(value)
+        predictions = {
+            name: (pieces[0] if len(pieces) == 1 else np.concatenate(pieces))
+            for name, pieces in parts.items()
+        }
+        try:
+            out = await asyncio.to_thread(
+                _csv_output, manifest, data, rows, predictions, names, len(source.columns)
+            )
+        except FastPathUnavailable:
+            raise
+        except Exception as exc:
+            raise FastPathUnavailable(f"cannot write the output column-wise: {exc}") from exc
+        return ChunkResult(out, [], rows)
+
+    # --- the per-record path -----------------------------------------------------------
 
     async def _run(
         self,
@@ -254,6 +376,8 @@ class BatchChunkHandler:
             batch = good[start : start + size]
             try:
                 outputs = await engine.infer(_stack(batch, signature.inputs), output_names)
+            except Unavailable as exc:  # the worker is stopping: another one runs the chunk
+                raise RetryableError(str(exc)) from exc
             except MlbusError:
                 outputs = None
             if outputs is not None:
@@ -263,6 +387,8 @@ class BatchChunkHandler:
             for record in batch:  # isolate the record(s) the model refuses
                 try:
                     single = await engine.infer(_stack([record], signature.inputs), output_names)
+                except Unavailable as exc:
+                    raise RetryableError(str(exc)) from exc
                 except MlbusError as exc:
                     record.error = f"{exc.code.name}: {exc.message}"
                     continue
@@ -272,15 +398,23 @@ class BatchChunkHandler:
             if manifest.output_filter and manifest.content_type != tf.CSV
             else None
         )
+        texts: dict[int, list[str]] = {}
+        if manifest.content_type == tf.CSV:
+            texts = _prediction_texts(
+                [(r.line, results[r.line]) for r in records if not r.error], output_names
+            )
         for record in records:
             if record.error:
                 errors.append({"file": source.name, "line": record.line, "error": record.error})
                 continue
             prediction = results[record.line]
             try:
-                lines.append(
-                    self._format(manifest, record, prediction, output_names, out_filter_json)
-                )
+                if manifest.content_type == tf.CSV:
+                    lines.append(_csv_line(manifest, record, texts[record.line]))
+                else:
+                    lines.append(
+                        _json_line(manifest, record, prediction, output_names, out_filter_json)
+                    )
             except Exception as exc:
                 errors.append(
                     {
@@ -290,42 +424,320 @@ class BatchChunkHandler:
                     }
                 )
 
-    @staticmethod
-    def _format(
-        manifest: tf.JobManifest,
-        record: Record,
-        prediction: dict[str, Any],
-        output_names: tuple[str, ...],
-        out_filter: Any,
-    ) -> bytes:
-        if manifest.content_type == tf.CSV:
-            values = [
-                v for name in output_names for v in np.asarray(prediction[name]).ravel().tolist()
-            ]
-            cells = ([*record.parsed] if manifest.join_input else []) + [
-                _format_value(v) for v in values
-            ]
-            if manifest.output_filter:
-                picked = tf.parse_columns(
-                    manifest.output_filter, [str(i) for i in range(len(cells))]
-                )
-                cells = [cells[i] for i in picked]
-            buffer = io.StringIO()
-            csv.writer(buffer, lineterminator="").writerow(cells)
-            return buffer.getvalue().encode()
-        output = {name: _jsonable(prediction[name]) for name in output_names}
-        if manifest.join_input:
-            base = record.parsed
-            value: Any = (
-                {**base, "prediction": output}
-                if isinstance(base, dict)
-                else {"input": base, "prediction": output}
-            )
+
+# --- CSV: shared by both paths -----------------------------------------------------------
+
+
+def _csv_cell(text: str) -> str:
+    """One CSV output cell: quoted (quotes doubled) when it holds a comma, a quote or a
+    line break."""
+    if any(c in text for c in _CSV_SPECIAL):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def _csv_join(cells: Sequence[str]) -> str:
+    """One CSV output line of already quoted cells (a lone empty cell is written ``""``, as
+    the csv module does, so the line is not blank)."""
+    if len(cells) == 1 and not cells[0]:
+        return '""'
+    return ",".join(cells)
+
+
+def _text_columns(array: Any) -> list[Any]:
+    """An output of ``n`` records as text columns (pyarrow string arrays, quoted for CSV
+    where needed): one per value of a record, in C order. Numbers are written as Arrow
+    formats them (the shortest text that reads back as the same value of that type);
+    booleans as True/False."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = np.asarray(array)
+    rows = values.shape[0] if values.ndim else 1
+    flat = values.reshape(rows, -1)
+    columns: list[Any] = []
+    for j in range(flat.shape[1]):
+        column = flat[:, j]
+        kind = column.dtype.kind
+        if kind == "f":
+            if column.dtype.itemsize < 4:
+                column = column.astype(np.float32)
+            columns.append(pc.cast(pa.array(column), pa.string()))
+        elif kind in "iu":
+            columns.append(pc.cast(pa.array(column), pa.string()))
+        elif kind == "b":
+            columns.append(pa.array(np.where(column, "True", "False")))
         else:
-            value = output
-        if out_filter is not None:
-            value = out_filter(value)
-        return json.dumps(value, separators=(",", ":"), default=str).encode()
+            columns.append(
+                pa.array(
+                    [
+                        _csv_cell(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v))
+                        for v in column.tolist()
+                    ],
+                    type=pa.string(),
+                )
+            )
+    return columns
+
+
+def _prediction_texts(
+    results: list[tuple[int, dict[str, Any]]], output_names: tuple[str, ...]
+) -> dict[int, list[str]]:
+    """Line → the text cells of its prediction (the per-record path), formatted as the fast
+    path formats them: all records at once where their outputs stack, else one by one."""
+    texts: dict[int, list[str]] = {line: [] for line, _ in results}
+    if not results:
+        return texts
+    for name in output_names:
+        values = [np.asarray(prediction[name]) for _, prediction in results]
+        try:
+            stacked: list[list[Any]] | None = [
+                c.to_pylist() for c in _text_columns(np.stack(values))
+            ]
+        except ValueError:
+            stacked = None
+        for k, (line, _) in enumerate(results):
+            if stacked is not None:
+                texts[line].extend(column[k] for column in stacked)
+            else:
+                texts[line].extend(
+                    c.to_pylist()[0] for c in _text_columns(values[k].reshape(1, -1))
+                )
+    return texts
+
+
+def _csv_line(manifest: tf.JobManifest, record: Record, prediction: list[str]) -> bytes:
+    """One CSV output line (the per-record path). With the input joined and no output
+    filter, the input line is kept as it is; with a filter, the input's cells are written
+    again."""
+    if manifest.join_input and not manifest.output_filter:
+        return record.raw + b"," + _csv_join(prediction).encode()
+    cells = ([_csv_cell(c) for c in record.parsed] if manifest.join_input else []) + prediction
+    if manifest.output_filter:
+        picked = tf.parse_columns(manifest.output_filter, [str(i) for i in range(len(cells))])
+        cells = [cells[i] for i in picked]
+    return _csv_join(cells).encode()
+
+
+def _fast_csv(manifest: tf.JobManifest, signature: ModelSignature) -> bool:
+    """Whether the fast path may take chunks of this job: CSV split by line, inputs of
+    numbers or booleans."""
+    return (
+        manifest.content_type == tf.CSV
+        and manifest.split_type == "line"
+        and bool(signature.inputs)
+        and all(spec.datatype.dtype.kind in "fiub" for spec in signature.inputs)
+    )
+
+
+def _parse_csv(
+    data: bytes, manifest: tf.JobManifest, header: list[str], signature: ModelSignature
+) -> tuple[dict[str, np.ndarray], int]:
+    """A CSV chunk as the model's inputs (rows along the first dimension) and its row
+    count, as the per-record path would build them from the same records;
+    FastPathUnavailable (or pyarrow's error) when it cannot."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    if header:
+        names = list(header)
+    else:
+        first = data.split(b"\n", 1)[0].rstrip(b"\r")
+        if b'"' in first:
+            raise FastPathUnavailable("no header, and quotes in the first record")
+        names = [f"c{i}" for i in range(first.count(b",") + 1)]
+    if len(set(names)) != len(names):
+        raise FastPathUnavailable("the header names a column twice")
+    picked = tf.parse_columns(manifest.input_filter, names)
+    inputs = signature.inputs
+    if len(inputs) > 1 and not header:
+        raise FastPathUnavailable("a model with several inputs needs a header")
+    wanted = [names[i] for i in sorted(set(picked))]
+    table = pacsv.read_csv(
+        pa.py_buffer(data),
+        read_options=pacsv.ReadOptions(column_names=names, use_threads=CSV_THREADS),
+        parse_options=pacsv.ParseOptions(newlines_in_values=False, ignore_empty_lines=True),
+        convert_options=pacsv.ConvertOptions(
+            column_types=dict.fromkeys(wanted, pa.float64()),
+            include_columns=wanted,
+            null_values=[],
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    rows = table.num_rows
+    out: dict[str, np.ndarray] = {}
+    if len(inputs) == 1:
+        spec = inputs[0]
+        # Column by column into a values × rows array (contiguous copies, converted to a
+        # float or bool input's dtype on the way), then transposed once: filling a
+        # rows × values array column by column is several times slower.
+        dtype = spec.datatype.dtype
+        by_column = np.empty((len(picked), rows), dtype=dtype if dtype.kind in "fb" else np.float64)
+        for j, index in enumerate(picked):
+            by_column[j] = table.column(names[index]).to_numpy()
+        out[spec.name] = _cast(_shaped(by_column.T, spec), spec)
+        return out, rows
+    by_name = {names[i]: names[i] for i in picked}
+    for spec in inputs:
+        if spec.name not in by_name:
+            raise FastPathUnavailable(f"no column for input {spec.name!r}")
+        column = table.column(spec.name).to_numpy().reshape(rows, 1)
+        out[spec.name] = _cast(_shaped(column, spec), spec)
+    return out, rows
+
+
+def _shaped(matrix: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """``rows × values`` as input ``spec`` takes it, by the rules of :func:`_row` and
+    :func:`_stack`."""
+    rows, values = matrix.shape
+    shape = spec.shape
+    if shape is None or len(shape) <= 1:
+        if values != 1:
+            raise FastPathUnavailable(f"input {spec.name!r} takes one value per record")
+        return matrix.reshape(rows)
+    rest = list(shape[1:])
+    if all(d > 0 for d in rest):
+        if int(np.prod(rest)) != values:
+            raise FastPathUnavailable(
+                f"input {spec.name!r} takes {int(np.prod(rest))} values per record, not {values}"
+            )
+        return matrix.reshape([rows, *rest])
+    return matrix
+
+
+def _cast(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """Numbers as the input's dtype, exactly as ``np.array(floats, dtype)`` converts them."""
+    dtype = spec.datatype.dtype
+    if dtype.kind in "iu":
+        # Within the type's range (strictly below its largest value, which a float64 may
+        # round up past), where both conversions truncate towards zero.
+        info = np.iinfo(dtype.type)  # type: ignore[type-var]
+        if values.size and not (
+            np.isfinite(values).all()
+            and values.min() >= float(info.min)
+            and values.max() < float(info.max)
+        ):
+            raise FastPathUnavailable(f"input {spec.name!r}: a value does not fit {dtype}")
+    return np.ascontiguousarray(values.astype(dtype, copy=False))
+
+
+def _csv_output(
+    manifest: tf.JobManifest,
+    data: bytes,
+    rows: int,
+    predictions: dict[str, np.ndarray],
+    output_names: tuple[str, ...],
+    header_columns: int,
+) -> bytes:
+    """The ``.out`` body of a CSV chunk, column-wise, line for line what :func:`_csv_line`
+    writes."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    predicted: list[Any] = []
+    for name in output_names:
+        predicted.extend(_text_columns(predictions[name]))
+    columns: list[Any]
+    if manifest.join_input and not manifest.output_filter:
+        columns = [_input_lines(data, rows), *predicted]
+    elif manifest.join_input:
+        columns = [*_input_cells(data, header_columns), *predicted]
+    else:
+        columns = predicted
+    if manifest.output_filter:
+        picked = tf.parse_columns(manifest.output_filter, [str(i) for i in range(len(columns))])
+        columns = [columns[i] for i in picked]
+    if not columns:
+        return b"\n" * rows
+    if len(columns) == 1:
+        lines = columns[0]
+        lines = pc.if_else(pc.equal(lines, ""), pa.scalar('""'), lines)
+    else:
+        lines = pc.binary_join_element_wise(*columns, ",")
+    lines = pc.binary_join_element_wise(lines, pa.scalar(""), "\n")
+    if lines.null_count:
+        raise FastPathUnavailable("an output cell is missing")
+    return _concatenated(lines)
+
+
+def _input_lines(data: bytes, rows: int) -> Any:
+    """The chunk's lines (without line ends) as a string array."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    text = data.decode("utf-8")
+    parts = pc.split_pattern(pa.array([text]), "\n").flatten()
+    if len(parts) > rows:
+        parts = parts.slice(0, rows)
+    return pc.utf8_rtrim(parts, characters="\r")
+
+
+def _input_cells(data: bytes, columns: int) -> list[Any]:
+    """The chunk's cells as text, one array per column (none needs quoting: a chunk with
+    quotes takes the per-record path)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    if b'"' in data:
+        # Quoted input cells: re-quoting them must match the csv module exactly.
+        raise FastPathUnavailable("quoted input cells with an output filter")
+    table = pacsv.read_csv(
+        pa.py_buffer(data),
+        read_options=pacsv.ReadOptions(autogenerate_column_names=True, use_threads=False),
+        parse_options=pacsv.ParseOptions(newlines_in_values=False, ignore_empty_lines=True),
+        convert_options=pacsv.ConvertOptions(
+            column_types={f"f{i}": pa.string() for i in range(max(columns, 1))},
+            null_values=[],
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    if columns and table.num_columns != columns:
+        raise FastPathUnavailable("the chunk's column count differs from the header's")
+    cells = []
+    for column in table.columns:
+        if column.type != pa.string():
+            raise FastPathUnavailable("an input column was not read as text")
+        cells.append(column.combine_chunks())
+    return cells
+
+
+def _concatenated(lines: Any) -> bytes:
+    """The bytes of a string array's values, end to end."""
+    array = lines.combine_chunks() if hasattr(lines, "combine_chunks") else lines
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int32)[
+        array.offset : array.offset + len(array) + 1
+    ]
+    data = array.buffers()[2]
+    if data is None:
+        return b""
+    return bytes(memoryview(data)[int(offsets[0]) : int(offsets[-1])])
+
+
+# --- JSON output ---------------------------------------------------------------------------
+
+
+def _json_line(
+    manifest: tf.JobManifest,
+    record: Record,
+    prediction: dict[str, Any],
+    output_names: tuple[str, ...],
+    out_filter: Any,
+) -> bytes:
+    output = {name: _jsonable(prediction[name]) for name in output_names}
+    if manifest.join_input:
+        base = record.parsed
+        value: Any = (
+            {**base, "prediction": output}
+            if isinstance(base, dict)
+            else {"input": base, "prediction": output}
+        )
+    else:
+        value = output
+    if out_filter is not None:
+        value = out_filter(value)
+    return json.dumps(value, separators=(",", ":"), default=str).encode()
 
 
 def _jsonable(value: Any) -> Any:
