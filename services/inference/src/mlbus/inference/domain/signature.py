@@ -16,6 +16,8 @@ from mlbus.inference.domain.datatypes import DataType, from_name
 
 Shape = tuple[int, ...]
 
+_ACCEPTED_MAX = 256
+
 
 def format_shape(shape: Sequence[int] | None) -> str:
     """``[-1, 4]``; ``[...]`` for an undeclared rank."""
@@ -37,6 +39,10 @@ class TensorSpec:
     datatype: DataType
     shape: Shape | None
     """Dimensions, -1 where open; None when the model does not declare the rank."""
+    _accepted: dict[tuple[int, ...], bool] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
+    """Shapes checked so far (requests repeat a few shapes; bounded by _ACCEPTED_MAX)."""
 
     def describe(self) -> str:
         """``FP32 [-1, 4]``."""
@@ -47,8 +53,17 @@ class TensorSpec:
         """True when the first dimension is open, so rows can be stacked along it."""
         return self.shape is not None and len(self.shape) >= 1 and self.shape[0] == -1
 
-    def accepts(self, shape: Sequence[int]) -> bool:
+    def accepts(self, shape: tuple[int, ...]) -> bool:
         """True when a tensor of ``shape`` fits this spec (rank and fixed dimensions)."""
+        known = self._accepted.get(shape)
+        if known is None:
+            known = self._check(shape)
+            if len(self._accepted) >= _ACCEPTED_MAX:
+                self._accepted.clear()
+            self._accepted[shape] = known
+        return known
+
+    def _check(self, shape: Sequence[int]) -> bool:
         if any(d < 0 for d in shape):
             return False
         if self.shape is None:
@@ -132,7 +147,8 @@ def check_input_header(spec: TensorSpec, datatype: str, shape: Sequence[int]) ->
     Raises InvalidArgument ``input 'x': expected FP32 [-1, 4], got FP64 [2, 4]``.
     """
     given = from_name(datatype)
-    if given is not spec.datatype or not spec.accepts(shape):
+    dims = shape if isinstance(shape, tuple) else tuple(shape)
+    if given is not spec.datatype or not spec.accepts(dims):
         got = f"{datatype or '(no datatype)'} {format_shape(shape)}"
         reason = ""
         if any(d < 0 for d in shape):
