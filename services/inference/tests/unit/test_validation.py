@@ -201,3 +201,92 @@ def test_response_is_raw_or_typed_in_requested_order() -> None:
     assert raw.raw_output_contents == [outputs["y"].tobytes()]
     assert not raw.outputs[0].contents.ListFields()
     assert "variant" not in raw.parameters
+
+
+# --- the one-pass path for plain raw requests -----------------------------------------
+
+NUMERIC = ModelSignature(
+    inputs=(spec("x", "FP32", (-1, 4)), spec("i", "INT64", (-1, 2))),
+    outputs=(spec("y", "FP32", (-1, 2)), spec("j", "INT64", (-1,))),
+)
+
+
+def numeric_request() -> pb.ModelInferRequest:
+    message = pb.ModelInferRequest(model_name="m", id="r1")
+    message.inputs.add(name="x", datatype="FP32", shape=[2, 4])
+    message.inputs.add(name="i", datatype="INT64", shape=[2, 2])
+    message.raw_input_contents.append(np.arange(8, dtype="<f4").tobytes())
+    message.raw_input_contents.append(np.arange(4, dtype="<i8").tobytes())
+    return message
+
+
+def test_plain_raw_requests_decode_as_the_general_path_does() -> None:
+    plain = decode_request(numeric_request(), NUMERIC)
+    general_request = numeric_request()
+    general_request.parameters["binary_data_output"].bool_param = True  # takes the long way
+    general = decode_request(general_request, NUMERIC)
+    assert (
+        (plain.outputs, plain.raw_output, plain.inference_id)
+        == (
+            general.outputs,
+            general.raw_output,
+            general.inference_id,
+        )
+        == (("y", "j"), True, "r1")
+    )
+    assert plain.inputs.keys() == general.inputs.keys()
+    for name in plain.inputs:
+        np.testing.assert_array_equal(plain.inputs[name], general.inputs[name])
+        assert plain.inputs[name].dtype == general.inputs[name].dtype
+    assert plain.inputs["i"].tolist() == [[0, 1], [2, 3]]
+
+
+def _numeric_mutations() -> dict[str, tuple[object, str]]:
+    def missing(m: pb.ModelInferRequest) -> None:
+        del m.inputs[1]
+        del m.raw_input_contents[1]
+
+    def swapped_name(m: pb.ModelInferRequest) -> None:
+        m.inputs[1].name = "x"
+
+    def unknown(m: pb.ModelInferRequest) -> None:
+        m.inputs[1].name = "z"
+
+    def both(m: pb.ModelInferRequest) -> None:
+        m.inputs[0].contents.fp32_contents.append(1.0)
+
+    def wrong_dtype(m: pb.ModelInferRequest) -> None:
+        m.inputs[1].datatype = "INT32"
+
+    def short(m: pb.ModelInferRequest) -> None:
+        m.raw_input_contents[0] = b"\x00" * 28
+
+    def rank(m: pb.ModelInferRequest) -> None:
+        del m.inputs[0].shape[:]
+        m.inputs[0].shape.extend([8])
+
+    def negative(m: pb.ModelInferRequest) -> None:
+        m.inputs[0].shape[0] = -2
+
+    return {
+        "missing input": (missing, r"^missing input 'i' \(INT64 \[-1, 2\]\)"),
+        "duplicate input": (swapped_name, r"^input 'x' is given twice$"),
+        "unknown input": (unknown, r"^unknown input 'z'"),
+        "raw and typed": (both, r"^input 'x': has both contents and raw_input_contents"),
+        "wrong datatype": (
+            wrong_dtype,
+            r"^input 'i': expected INT64 \[-1, 2\], got INT32 \[2, 2\]$",
+        ),
+        "short raw": (short, r"^input 'x': raw content is 28 bytes, expected 32"),
+        "wrong rank": (rank, r"^input 'x': expected FP32 \[-1, 4\], got FP32 \[8\] \(rank 1"),
+        "negative dimension": (negative, r"dimensions must not be negative"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_numeric_mutations()))
+def test_bad_plain_raw_requests_get_the_same_precise_message(case: str) -> None:
+    mutate, message = _numeric_mutations()[case]
+    bad = numeric_request()
+    mutate(bad)  # type: ignore[operator]
+    with pytest.raises(InvalidArgument, match=message):
+        decode_request(bad, NUMERIC)

@@ -11,10 +11,13 @@ output is FP16 (which has no typed representation); otherwise in typed ``content
 from __future__ import annotations
 
 import itertools
+import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
+
+import numpy as np
 
 from mlbus.core.errors import InvalidArgument
 from mlbus.inference.domain.signature import ModelSignature, check_input_header
@@ -90,9 +93,50 @@ def _typed_values(
     return getattr(tensor.contents, field)
 
 
+def _decode_plain_raw(
+    request: pb.ModelInferRequest, signature: ModelSignature
+) -> DecodedRequest | None:
+    """The common request decoded in one pass: every model input once, in raw form, of a
+    fixed-size datatype, no requested outputs, no parameters. None for anything else, and
+    for anything wrong, which :func:`decode_request` then reports precisely."""
+    raw = request.raw_input_contents
+    tensors = request.inputs
+    if (
+        not raw
+        or len(raw) != len(tensors)
+        or len(tensors) != len(signature.inputs)
+        or request.outputs
+        or request.parameters
+    ):
+        return None
+    inputs: dict[str, Array] = {}
+    for tensor, content in zip(tensors, raw, strict=True):
+        spec = signature.spec_of(tensor.name)
+        if spec is None:
+            return None
+        datatype = spec.datatype
+        shape = tuple(tensor.shape)
+        if (
+            datatype.name != tensor.datatype
+            or datatype.is_bytes
+            or datatype.is_bool
+            or not spec.accepts(shape)
+            or len(content) != math.prod(shape) * datatype.itemsize
+            or tensor.HasField("contents")
+        ):
+            return None
+        inputs[tensor.name] = np.frombuffer(content, dtype=datatype.dtype).reshape(shape)
+    if len(inputs) != len(tensors):  # a name given twice
+        return None
+    return DecodedRequest(inputs, signature.output_names, True, _inference_id(request))
+
+
 def decode_request(request: pb.ModelInferRequest, signature: ModelSignature) -> DecodedRequest:
     """Check ``request`` against ``signature`` and decode its inputs; InvalidArgument
     naming the tensor and the expected vs given form on the first problem found."""
+    plain = _decode_plain_raw(request, signature)
+    if plain is not None:
+        return plain
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidArgument(

@@ -82,9 +82,12 @@ class ModelSignature:
     _inputs: dict[str, TensorSpec] = field(init=False, repr=False, compare=False)
     _outputs: dict[str, TensorSpec] = field(init=False, repr=False, compare=False)
 
+    _output_names: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "_inputs", {t.name: t for t in self.inputs})
         object.__setattr__(self, "_outputs", {t.name: t for t in self.outputs})
+        object.__setattr__(self, "_output_names", tuple(t.name for t in self.outputs))
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -94,13 +97,17 @@ class ModelSignature:
     @property
     def output_names(self) -> tuple[str, ...]:
         """Output names in model order."""
-        return tuple(t.name for t in self.outputs)
+        return self._output_names
 
     @property
     def batchable(self) -> bool:
         """True when every input and output has an open first dimension, so requests can
         be concatenated along it and the results split back."""
         return all(t.batch_dim_open for t in (*self.inputs, *self.outputs))
+
+    def spec_of(self, name: str) -> TensorSpec | None:
+        """The input called ``name``, or None."""
+        return self._inputs.get(name)
 
     def input(self, name: str) -> TensorSpec:
         """The input called ``name``; InvalidArgument naming the model's inputs otherwise."""
