@@ -8,13 +8,21 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
+from rich.console import Console
 
 from mlbus.sdk.cli import cli
 from mlbus.sdk.cli._common import EXIT_CODES, exit_code, key_floats, key_values
+from mlbus.sdk.cli._render import variants_table
 from mlbus.sdk.cli.endpoints import build_spec
 from mlbus.sdk.errors import SDK_ERROR_TYPES, DataLoss, FailedPrecondition, NotFound
 from mlbus.sdk.local.broker import free_port
-from mlbus.sdk.registry import DataCaptureConfig, EndpointSpec, EndpointVariant, ShadowVariant
+from mlbus.sdk.registry import (
+    DataCaptureConfig,
+    EndpointConfig,
+    EndpointSpec,
+    EndpointVariant,
+    ShadowVariant,
+)
 
 
 def run(*args: str) -> tuple[int, str, str]:
@@ -192,3 +200,32 @@ def test_update_options_replace_only_what_they_name() -> None:
         build_spec(
             base=base, variants=(), **{**common, "shadow": "name=blue,group=g,version=2,sampling=1"}
         )  # type: ignore[arg-type]
+
+
+def test_variants_table_shows_scale_to_zero() -> None:
+    config = EndpointConfig(
+        endpoint="churn",
+        revision=2,
+        variants=(
+            EndpointVariant(name="blue", model_group="g", model_version=1),
+            EndpointVariant(
+                name="green", model_group="g", model_version=2, scale_to_zero_after_seconds=300
+            ),
+            EndpointVariant(name="burst", model_group="g", model_version=2, mode="SERVERLESS"),
+        ),
+    )
+    console = Console(width=200, record=True, highlight=False)
+    console.print(variants_table(config))
+    lines = console.export_text().splitlines()
+    assert "scale to zero" in next(line for line in lines if "variant" in line)
+    cells = {
+        name: [c.strip() for c in line.split("│")]
+        for line in lines
+        for name in ("blue", "green", "burst")
+        if f" {name} " in line
+    }
+    assert {name: row[-2] for name, row in cells.items()} == {
+        "blue": "off",
+        "green": "300s",
+        "burst": "default",
+    }

@@ -116,6 +116,7 @@ def test_endpoint_round_trip_and_resolved_fields_are_not_sent() -> None:
         mode=events_pb2.VARIANT_MODE_SERVERLESS,
         max_concurrency=8,
         batching=events_pb2.BatchingConfig(max_batch_size=16, max_queue_delay_micros=500),
+        scale_to_zero_after_seconds=300,
         artifact=common_pb2.ObjectRef(uri="file:///x", sha256="00" * 32),
     )
     pb = registry_pb2.Endpoint(
@@ -144,6 +145,7 @@ def test_endpoint_round_trip_and_resolved_fields_are_not_sent() -> None:
     assert config.variants[0].mode == "SERVERLESS"
     assert config.variants[0].batching is not None
     assert config.variants[0].batching.max_queue_delay_micros == 500
+    assert config.variants[0].scale_to_zero_after_seconds == 300
     assert config.shadow is not None
     assert config.shadow.sampling_percent == 10
 
@@ -152,6 +154,7 @@ def test_endpoint_round_trip_and_resolved_fields_are_not_sent() -> None:
     assert not sent.HasField("artifact")  # the registry resolves it
     assert sent.mode == events_pb2.VARIANT_MODE_SERVERLESS
     assert sent.batching.max_batch_size == 16
+    assert sent.scale_to_zero_after_seconds == 300
     assert spec_pb.shadow.sampling_percent == 10
     assert not spec_pb.HasField("data_capture")
 

@@ -472,6 +472,7 @@ variants:
     max-concurrency: 4
     max-batch-size: 8
     max-queue-delay-us: 500
+    scale-to-zero: 120
 capture_percent: 2
 """
 
@@ -512,6 +513,7 @@ def test_endpoints_cli_flow(
     green = current["variants"][1]
     assert green["mode"] == "SERVERLESS"
     assert green["batching"] == {"max_batch_size": 8, "max_queue_delay_micros": 500}
+    assert green["scale_to_zero_after_seconds"] == 120
     assert current["data_capture"] == {"sampling_percent": 2.0}
 
     # Options change only what they name; the rest of revision 2 is kept.
@@ -526,6 +528,7 @@ def test_endpoints_cli_flow(
     assert tweaked["current_config"]["revision"] == 3
     assert [v["name"] for v in tweaked["current_config"]["variants"]] == ["blue", "green"]
     assert tweaked["current_config"]["shadow"]["sampling_percent"] == 10
+    assert tweaked["current_config"]["variants"][1]["scale_to_zero_after_seconds"] == 120
 
     code, _, stderr = mlbus(
         registry_target, "endpoints", "update", endpoint, "--capture-percent", "0",

@@ -68,6 +68,25 @@ def test_variant_defaults() -> None:
     assert variant == EndpointVariant(name="churn-v3", model_group="churn", model_version=3)
     assert (variant.weight, variant.instance_count, variant.mode) == (1.0, 1, "REALTIME")
     assert variant.batching is None
+    assert variant.scale_to_zero_after_seconds == 0
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "scale_to_zero_after_seconds",
+        "scale-to-zero-after-seconds",
+        "scale_to_zero",
+        "scale-to-zero",
+        "scale_to_zero_after",
+        "Scale-To-Zero-After",
+    ],
+)
+def test_scale_to_zero_keys_mean_the_same(key: str) -> None:
+    from_text, _ = variant_from_mapping({"group": "churn", "version": 3, key: "300"})
+    from_file, _ = variant_from_mapping({"group": "churn", "version": 3, key: 300})
+    assert from_text.scale_to_zero_after_seconds == 300
+    assert from_file == from_text
 
 
 @pytest.mark.parametrize(
@@ -82,6 +101,22 @@ def test_variant_defaults() -> None:
         ({"group": "g", "version": 1, "colour": "red"}, "unknown key 'colour'"),
         ({"group": "g", "version": 1, "instances": "1.5"}, "instances must be an integer"),
         ({"group": "g", "version": True}, "version must be an integer"),
+        (
+            {"group": "g", "version": 1, "scale_to_zero": "-60"},
+            "scale_to_zero_after_seconds must be >= 0, got -60",
+        ),
+        (
+            {"group": "g", "version": 1, "scale_to_zero": "5m"},
+            "scale_to_zero_after_seconds must be an integer, got '5m'",
+        ),
+        (
+            {"group": "g", "version": 1, "scale_to_zero_after": 1.5},
+            "scale_to_zero_after_seconds must be an integer, got 1.5",
+        ),
+        (
+            {"group": "g", "version": 1, "scale_to_zero": 60, "scale_to_zero_after_seconds": 60},
+            "'scale_to_zero_after_seconds' given twice",
+        ),
     ],
 )
 def test_variant_errors_say_what_is_wrong(data: dict[str, object], message: str) -> None:
@@ -115,6 +150,7 @@ variants:
     weight: 10
     mode: serverless
     max_concurrency: 4
+    scale_to_zero: 900
 shadow: {name: next, group: churn, version: 5, sampling: 10}
 capture_percent: 5
 """
@@ -126,6 +162,7 @@ def test_yaml_and_json_files(tmp_path: Path) -> None:
     spec = load_spec(yaml_file)
     assert [v.name for v in spec.variants] == ["blue", "green"]
     assert spec.variants[1].mode == "SERVERLESS"
+    assert [v.scale_to_zero_after_seconds for v in spec.variants] == [0, 900]
     assert spec.shadow is not None
     assert spec.shadow.variant.model_version == 5
     assert spec.data_capture == DataCaptureConfig(sampling_percent=5)
@@ -151,6 +188,7 @@ def test_describe_output_loads_back(tmp_path: Path) -> None:
                 model_group="churn",
                 model_version=3,
                 batching=BatchingConfig(max_batch_size=8, max_queue_delay_micros=100),
+                scale_to_zero_after_seconds=600,
                 artifact={"uri": "file:///x", "sha256": "00" * 32},  # type: ignore[arg-type]
             ),
         ),
@@ -162,6 +200,7 @@ def test_describe_output_loads_back(tmp_path: Path) -> None:
     spec = load_spec(path)
     assert spec.variants[0].artifact is None
     assert spec.variants[0].batching == config.variants[0].batching
+    assert spec.variants[0].scale_to_zero_after_seconds == 600
     assert spec.data_capture == config.data_capture
 
 

@@ -4,12 +4,15 @@ configuration (create, update, rollback, shadow)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 import grpc
+from sqlalchemy import select, update
 
 from mlbus.common.v1 import common_pb2
+from mlbus.registry.adapters import tables
 from mlbus.registry.v1 import events_pb2 as ev
 from mlbus.registry.v1 import registry_pb2 as pb
 
@@ -252,6 +255,26 @@ async def test_configuration_fields_are_validated(
             spec(variant("blue", group, 1, batching=ev.BatchingConfig(max_queue_delay_micros=-5))),
             "variants[0].batching.max_queue_delay_micros",
         ),
+        (
+            spec(variant("blue", group, 1, scale_to_zero_after_seconds=-1)),
+            "variants[0].scale_to_zero_after_seconds: expected 0 (never) to 604800 seconds, got -1",
+        ),
+        (
+            spec(variant("blue", group, 1, scale_to_zero_after_seconds=604801)),
+            "variants[0].scale_to_zero_after_seconds: expected 0 (never) to 604800 seconds, "
+            "got 604801",
+        ),
+        (
+            spec(
+                variant("blue", group, 1),
+                shadow=ev.ShadowVariant(
+                    variant=variant("m", group, 1, scale_to_zero_after_seconds=60),
+                    sampling_percent=5,
+                ),
+            ),
+            "shadow.variant.scale_to_zero_after_seconds: expected 0 on a shadow variant "
+            "(shadow variants are not scaled to zero), got 60",
+        ),
     ]
     for config, message in cases:
         await expect_error(endpoint.create(config), INVALID, message)
@@ -271,6 +294,89 @@ async def test_configuration_fields_are_validated(
         )
     )
     assert serverless.current_config.variants[0].mode == ev.VARIANT_MODE_SERVERLESS
+
+
+async def test_scale_to_zero_is_stored_served_published_and_versioned(
+    registry: Any,
+    unique_name: Callable[[str], str],
+    onnx_linear_model: Any,
+    read_events: Any,
+) -> None:
+    group = unique_name("g")
+    await registry.approved(group, onnx_linear_model())
+    endpoint = Endpoints(registry, unique_name("e"))
+
+    def idle(config: Any) -> list[int]:
+        return [v.scale_to_zero_after_seconds for v in config.variants]
+
+    serverless = variant(
+        "burst", group, 1, mode=ev.VARIANT_MODE_SERVERLESS, instance_count=0, weight=1
+    )
+    first = spec(variant("blue", group, 1, scale_to_zero_after_seconds=300), serverless)
+    created = await endpoint.create(first)
+    assert idle(created.current_config) == [300, 0]
+    assert idle((await endpoint.get()).current_config) == [300, 0]
+
+    # Only the idle time changes: that is a new configuration revision like any other.
+    second = spec(variant("blue", group, 1, scale_to_zero_after_seconds=600), serverless)
+    updated = await endpoint.update(second, expected_revision=1)
+    assert updated.current_config.revision == 2
+    assert idle(updated.current_config) == [600, 0]
+    assert [(c.revision, idle(c)) for c in await endpoint.history()] == [
+        (2, [600, 0]),
+        (1, [300, 0]),
+    ]
+    listed: list[Any] = []
+    token = ""
+    while True:
+        response = await registry.stub.ListEndpoints(
+            pb.ListEndpointsRequest(page=common_pb2.PageRequest(page_size=1000, page_token=token))
+        )
+        listed += [e for e in response.endpoints if e.name == endpoint.name]
+        token = response.page.next_page_token
+        if not token:
+            break
+    assert [idle(e.current_config) for e in listed] == [[600, 0]]
+
+    topic = registry.catalogue.endpoint_config_updated
+    wanted = set(await registry.outbox_ids(endpoint.name))
+    received = await read_events(
+        registry.settings.kafka.bootstrap_servers,
+        [topic],
+        until=lambda records: wanted <= {r.envelope.id for r in records},
+    )
+    published = {
+        r.message.config_revision: idle(r.message) for r in received if r.envelope.id in wanted
+    }
+    assert published == {1: [300, 0], 2: [600, 0]}
+
+
+async def test_a_configuration_stored_without_scale_to_zero_reads_as_0(
+    registry: Any, unique_name: Callable[[str], str], onnx_linear_model: Any
+) -> None:
+    group = unique_name("g")
+    await registry.approved(group, onnx_linear_model())
+    endpoint = Endpoints(registry, unique_name("e"))
+    await endpoint.create(spec(variant("blue", group, 1, scale_to_zero_after_seconds=300)))
+    await endpoint.update(spec(variant("blue", group, 1)))
+
+    # Rows written before the field existed have no key for it in their spec JSON.
+    configs = tables.endpoint_configs
+    where = (configs.c.endpoint == endpoint.name) & (configs.c.revision == 1)
+    async with registry.app.database.transaction(write=True) as conn:
+        stored = json.loads(
+            (await conn.execute(select(configs.c.spec_json).where(where))).scalar_one()
+        )
+        assert stored["variants"][0].pop("scale_to_zero_after_seconds") == 300
+        await conn.execute(update(configs).where(where).values(spec_json=json.dumps(stored)))
+
+    history = await endpoint.history()
+    assert [(c.revision, c.variants[0].scale_to_zero_after_seconds) for c in history] == [
+        (2, 0),
+        (1, 0),
+    ]
+    rolled = await endpoint.rollback(1)
+    assert rolled.current_config.variants[0].scale_to_zero_after_seconds == 0
 
 
 async def test_variants_must_take_the_same_inputs(

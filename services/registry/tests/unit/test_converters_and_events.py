@@ -69,6 +69,7 @@ def test_endpoint_spec_round_trips() -> None:
                 instance_count=2,
                 max_concurrency=8,
                 batching=BatchingConfig(max_batch_size=16, max_queue_delay_micros=500),
+                scale_to_zero_after_seconds=300,
             ),
         ),
         shadow=ShadowVariant(
@@ -89,7 +90,14 @@ def test_endpoint_spec_round_trips() -> None:
         description=message.description,
     )
     assert cv.spec_to_domain(as_request) == spec
+    assert message.variants[0].scale_to_zero_after_seconds == 300
     assert message.create_time.ToDatetime(tzinfo=UTC) == NOW
+
+    event = encode_event(
+        events.EndpointConfigUpdated(endpoint="e", config=config, actor="ops", time=NOW)
+    )
+    assert isinstance(event, events_pb2.EndpointConfigUpdated)
+    assert [v.scale_to_zero_after_seconds for v in event.variants] == [300]
 
 
 def test_version_round_trips_through_its_message() -> None:

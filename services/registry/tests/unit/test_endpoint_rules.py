@@ -41,6 +41,7 @@ def test_a_valid_spec_passes_without_registry_filled_parts() -> None:
         variants=(
             filled,
             variant("green", weight=0.5, mode=VariantMode.SERVERLESS, instance_count=0),
+            variant("idle", scale_to_zero_after_seconds=604800),
         ),
         shadow=ShadowVariant(variant=variant("mirror", weight=0), sampling_percent=100),
         data_capture=DataCapture(sampling_percent=0),
@@ -49,6 +50,7 @@ def test_a_valid_spec_passes_without_registry_filled_parts() -> None:
     assert checked.variants[0].artifact is None
     assert checked.variants[0].signature is None
     assert checked.variants[1].mode is VariantMode.SERVERLESS
+    assert checked.variants[2].scale_to_zero_after_seconds == 604800
 
 
 @pytest.mark.parametrize(
@@ -68,6 +70,33 @@ def test_a_valid_spec_passes_without_registry_filled_parts() -> None:
         (
             EndpointConfigSpec(variants=(variant(max_concurrency=-1),)),
             "variants[0].max_concurrency",
+        ),
+        (
+            EndpointConfigSpec(variants=(variant(scale_to_zero_after_seconds=-1),)),
+            "variants[0].scale_to_zero_after_seconds: expected 0 (never) to 604800 seconds, got -1",
+        ),
+        (
+            EndpointConfigSpec(
+                variants=(
+                    variant(
+                        mode=VariantMode.SERVERLESS,
+                        instance_count=0,
+                        scale_to_zero_after_seconds=604801,
+                    ),
+                )
+            ),
+            "variants[0].scale_to_zero_after_seconds: expected 0 (the router's default) to "
+            "604800 seconds, got 604801",
+        ),
+        (
+            EndpointConfigSpec(
+                variants=(variant(),),
+                shadow=ShadowVariant(
+                    variant=variant("m", scale_to_zero_after_seconds=300), sampling_percent=10
+                ),
+            ),
+            "shadow.variant.scale_to_zero_after_seconds: expected 0 on a shadow variant "
+            "(shadow variants are not scaled to zero), got 300",
         ),
         (EndpointConfigSpec(variants=(variant(model_group="Bad"),)), "variants[0].model_group"),
         (

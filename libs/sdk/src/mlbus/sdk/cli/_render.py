@@ -218,7 +218,15 @@ def _variant_row(v: EndpointVariant, weight: str) -> list[str]:
         v.mode.lower(),
         str(v.max_concurrency or "default"),
         batching,
+        _scale_to_zero(v),
     ]
+
+
+def _scale_to_zero(v: EndpointVariant) -> str:
+    if v.scale_to_zero_after_seconds > 0:
+        return f"{v.scale_to_zero_after_seconds}s"
+    # A serverless variant always scales to zero; 0 leaves the idle time to the router.
+    return "default" if v.mode == "SERVERLESS" else "off"
 
 
 def variants_table(config: EndpointConfig) -> Table:
@@ -232,6 +240,7 @@ def variants_table(config: EndpointConfig) -> Table:
         "mode",
         "concurrency",
         "batching",
+        "scale to zero",
     ):
         table.add_column(column, overflow="fold")
     total = sum(v.weight for v in config.variants)

@@ -32,7 +32,7 @@ from mlbus.sdk.registry.specs import shadow_from_mapping, variant_from_mapping
 _VARIANT_HELP = (
     "A production variant: name=...,group=...,version=...[,weight=1][,instances=1]"
     "[,mode=realtime|serverless][,max-concurrency=N][,max-batch-size=N]"
-    "[,max-queue-delay-us=N]. Repeatable."
+    "[,max-queue-delay-us=N][,scale-to-zero=SECONDS]. Repeatable."
 )
 _SHADOW_HELP = (
     "A shadow variant getting a mirrored sample: the --variant keys plus sampling=PERCENT."

@@ -262,6 +262,7 @@ def variant_to_model(pb: events_pb2.EndpointVariant) -> EndpointVariant:
         mode=variant_mode_to_model(pb.mode),
         max_concurrency=pb.max_concurrency,
         batching=batching,
+        scale_to_zero_after_seconds=pb.scale_to_zero_after_seconds,
         artifact=object_ref_to_model(pb, "artifact"),
         signature=signature_to_model(pb, "signature"),
     )
@@ -278,6 +279,7 @@ def variant_to_pb(variant: EndpointVariant) -> events_pb2.EndpointVariant:
         instance_count=variant.instance_count,
         mode=variant_mode_to_pb(variant.mode),
         max_concurrency=variant.max_concurrency,
+        scale_to_zero_after_seconds=variant.scale_to_zero_after_seconds,
     )
     if variant.batching is not None:
         pb.batching.CopyFrom(

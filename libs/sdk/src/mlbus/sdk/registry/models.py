@@ -178,7 +178,10 @@ class EndpointVariant(RegistryModel):
     When writing a configuration, ``artifact`` and ``signature`` are left out: the registry
     fills them in. ``mode`` accepts any case (``"serverless"``). ``instance_count`` defaults
     to 1 for a REALTIME variant and to 0 for a SERVERLESS one (its instances start on
-    demand, bounded by ``max_concurrency``).
+    demand, bounded by ``max_concurrency``). ``scale_to_zero_after_seconds``: after this
+    long with no real-time request and empty asynchronous and batch queues, the router stops
+    the variant's workers until the next request; 0 means never (REALTIME) or the router's
+    default idle time (SERVERLESS); not allowed on a shadow variant.
     """
 
     name: str
@@ -189,6 +192,7 @@ class EndpointVariant(RegistryModel):
     mode: VariantMode = "REALTIME"
     max_concurrency: int = 0
     batching: BatchingConfig | None = None
+    scale_to_zero_after_seconds: int = 0
     artifact: ObjectRef | None = None
     signature: ModelSignature | None = None
 

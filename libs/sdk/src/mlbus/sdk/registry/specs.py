@@ -14,10 +14,16 @@ Accepted variant keys (``-`` and ``_`` are interchangeable):
 ``max_batch_size``                     dynamic batching: largest batch
 ``max_queue_delay_us``                 dynamic batching: longest wait in microseconds
 ``batching``                           mapping of the two above (as the API returns it)
+``scale_to_zero_after_seconds``        idle seconds (no real-time request, empty async
+                                       and batch queues) before the router stops the
+                                       workers until the next request (0 = never;
+                                       serverless: the router's default); also
+                                       ``scale_to_zero`` or ``scale_to_zero_after``
 =====================================  ==============================================
 
 A shadow variant takes the same keys plus ``sampling`` / ``sampling_percent`` (0-100), or
-the API's shape ``{variant: {...}, sampling_percent: N}``. A file holds::
+the API's shape ``{variant: {...}, sampling_percent: N}``; the registry refuses a non-zero
+``scale_to_zero`` on it. A file holds::
 
     description: churn, blue/green
     variants:
@@ -52,6 +58,8 @@ _VARIANT_ALIASES = {
     "version": "model_version",
     "instances": "instance_count",
     "max_queue_delay_us": "max_queue_delay_micros",
+    "scale_to_zero": "scale_to_zero_after_seconds",
+    "scale_to_zero_after": "scale_to_zero_after_seconds",
 }
 _BATCHING_KEYS = ("max_batch_size", "max_queue_delay_micros")
 _VARIANT_KEYS = frozenset(
@@ -63,6 +71,7 @@ _VARIANT_KEYS = frozenset(
         "instance_count",
         "mode",
         "max_concurrency",
+        "scale_to_zero_after_seconds",
         "batching",
         *_BATCHING_KEYS,
     }
@@ -179,7 +188,7 @@ def variant_from_mapping(
         raise SpecError(f"{what}: version must be >= 1, got {version}")
     fields["model_version"] = version
     fields["model_group"] = str(fields["model_group"]).strip()
-    for key in ("instance_count", "max_concurrency"):
+    for key in ("instance_count", "max_concurrency", "scale_to_zero_after_seconds"):
         if key in fields:
             fields[key] = _int(fields[key], key.replace("_count", "s"), what)
             _non_negative(fields[key], key, what)

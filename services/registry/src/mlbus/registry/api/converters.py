@@ -261,6 +261,7 @@ def variant_to_pb(variant: Variant) -> events_pb2.EndpointVariant:
         instance_count=variant.instance_count,
         mode=variant_mode_to_pb(variant.mode),
         max_concurrency=variant.max_concurrency,
+        scale_to_zero_after_seconds=variant.scale_to_zero_after_seconds,
     )
     if variant.artifact is not None:
         message.artifact.CopyFrom(artifact_to_pb(variant.artifact))
@@ -293,6 +294,7 @@ def variant_to_domain(variant: events_pb2.EndpointVariant) -> Variant:
         mode=variant_mode_to_domain(variant.mode),
         max_concurrency=variant.max_concurrency,
         batching=batching,
+        scale_to_zero_after_seconds=variant.scale_to_zero_after_seconds,
     )
 
 

@@ -21,6 +21,7 @@ from mlbus.registry.domain.rules import (
 MAX_VARIANTS: Final = 10
 MAX_INSTANCES: Final = 1000
 MAX_CONCURRENCY: Final = 100_000
+MAX_SCALE_TO_ZERO_SECONDS: Final = 7 * 24 * 3600
 MAX_BATCH_SIZE: Final = 65_536
 MAX_QUEUE_DELAY_MICROS: Final = 60_000_000
 MAX_DESCRIPTION: Final = 4096
@@ -63,6 +64,18 @@ def _check_variant(variant: Variant, field: str, *, shadow: bool) -> None:
             f"{field}.max_concurrency",
             f"expected 0 (the worker's default) to {MAX_CONCURRENCY}, "
             f"got {variant.max_concurrency}",
+        )
+    idle = variant.scale_to_zero_after_seconds
+    if not 0 <= idle <= MAX_SCALE_TO_ZERO_SECONDS:
+        zero = "never" if variant.mode is VariantMode.REALTIME else "the router's default"
+        raise _invalid(
+            f"{field}.scale_to_zero_after_seconds",
+            f"expected 0 ({zero}) to {MAX_SCALE_TO_ZERO_SECONDS} seconds, got {idle}",
+        )
+    if shadow and idle != 0:
+        raise _invalid(
+            f"{field}.scale_to_zero_after_seconds",
+            f"expected 0 on a shadow variant (shadow variants are not scaled to zero), got {idle}",
         )
     batching = variant.batching
     if batching is not None:

@@ -161,7 +161,13 @@ class BatchingConfig(Frozen):
 
 class Variant(Frozen):
     """One model version behind an endpoint. ``artifact`` and ``signature`` are filled by
-    the registry when a configuration is stored (anything a caller puts there is ignored)."""
+    the registry when a configuration is stored (anything a caller puts there is ignored).
+
+    ``scale_to_zero_after_seconds``: idle time (no real-time request, empty asynchronous and
+    batch queues) after which the router stops the variant's workers until the next
+    request; 0 means never for REALTIME and the router's default for SERVERLESS.
+    Configurations stored before the field existed load with 0.
+    """
 
     name: str
     model_group: str
@@ -171,6 +177,7 @@ class Variant(Frozen):
     mode: VariantMode = VariantMode.REALTIME
     max_concurrency: int = 0
     batching: BatchingConfig | None = None
+    scale_to_zero_after_seconds: int = 0
     artifact: ArtifactRef | None = None
     signature: Signature | None = None
 
