@@ -475,6 +475,7 @@ class EndpointVariant(_message.Message):
     MODE_FIELD_NUMBER: _builtins.int
     MAX_CONCURRENCY_FIELD_NUMBER: _builtins.int
     BATCHING_FIELD_NUMBER: _builtins.int
+    SCALE_TO_ZERO_AFTER_SECONDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Variant name, unique within the endpoint."""
     model_group: _builtins.str
@@ -490,6 +491,14 @@ class EndpointVariant(_message.Message):
     max_concurrency: _builtins.int
     """Maximum requests in flight on one instance (SERVERLESS: on the whole variant);
     0 means the worker's default.
+    """
+    scale_to_zero_after_seconds: _builtins.int
+    """Scale to zero: after this many seconds with no real-time request to the variant and
+    an empty asynchronous-request and batch queue, its workers stop; the next request
+    starts them again (a real-time call waits for the cold start within its deadline,
+    queued asynchronous requests and batch chunks wait in their topics). 0 keeps
+    instance_count workers running (REALTIME) or uses the router's default idle time
+    (SERVERLESS, which always scales to zero). Not allowed on a shadow variant.
     """
     @_builtins.property
     def artifact(self) -> _common_pb2.ObjectRef:
@@ -516,10 +525,11 @@ class EndpointVariant(_message.Message):
         mode: Global___VariantMode.ValueType = ...,
         max_concurrency: _builtins.int = ...,
         batching: Global___BatchingConfig | None = ...,
+        scale_to_zero_after_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "batching", b"batching", "signature", b"signature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "batching", b"batching", "instance_count", b"instance_count", "max_concurrency", b"max_concurrency", "mode", b"mode", "model_group", b"model_group", "model_version", b"model_version", "name", b"name", "signature", b"signature", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "batching", b"batching", "instance_count", b"instance_count", "max_concurrency", b"max_concurrency", "mode", b"mode", "model_group", b"model_group", "model_version", b"model_version", "name", b"name", "scale_to_zero_after_seconds", b"scale_to_zero_after_seconds", "signature", b"signature", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
