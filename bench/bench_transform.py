@@ -271,7 +271,7 @@ class Stack:
         """Members of the endpoint's batch-chunk consumer group (-1 if the broker won't say)."""
         from aiokafka.admin import AIOKafkaAdminClient
 
-        from mlbus.inference.app import batch_group_id
+        from mlbus.core.async_inference import batch_group_id
 
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
         await admin.start()

@@ -58,6 +58,16 @@ def new_inference_id() -> str:
     return uuid.uuid4().hex
 
 
+def async_group_id(endpoint: str) -> str:
+    """Consumer group of an endpoint's asynchronous workers (its lag is the queue depth)."""
+    return f"mlbus-inference-{endpoint}-async"
+
+
+def batch_group_id(endpoint: str) -> str:
+    """Consumer group of an endpoint's workers for batch transform chunks."""
+    return f"mlbus-inference-{endpoint}-batch"
+
+
 def result_prefix(endpoint: str, inference_id: str) -> str:
     """Object-store key prefix of one inference's input, output and failure."""
     return f"async/{endpoint}/{check_inference_id(inference_id)}/"

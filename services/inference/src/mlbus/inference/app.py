@@ -15,6 +15,7 @@ import contextlib
 import logging
 from typing import Any, cast
 
+from mlbus.core.async_inference import async_group_id, batch_group_id
 from mlbus.core.messaging import EventConsumer, Topic
 from mlbus.core.service import ServiceApp
 from mlbus.core.storage import ObjectStore, open_object_store
@@ -113,6 +114,7 @@ class InferenceApp(ServiceApp):
                 producer=self.producer,
                 on_dead_letter=self.async_handler.on_dead_letter,
                 concurrent_partitions=True,
+                fetch_max_wait_ms=settings.queue_fetch_max_wait_ms,
             )
             self.batch_handler = BatchChunkHandler(self.worker, None, endpoint=endpoint)
             batch_topic = cast(Topic[Any], self.catalogue.batch_chunks(endpoint))
@@ -125,6 +127,7 @@ class InferenceApp(ServiceApp):
                 source=self.name,
                 producer=self.producer,
                 concurrent_partitions=True,
+                fetch_max_wait_ms=settings.queue_fetch_max_wait_ms,
             )
             # Registered last, so it runs first on stop: no new async work for a stopping model.
             self.on_stop(self._stop_async)
@@ -183,13 +186,3 @@ def build_app(
     """Wire the inference worker from its settings (``open_store`` opens the object store
     the artifact is read from)."""
     return InferenceApp(settings, open_store=open_store)
-
-
-def async_group_id(endpoint: str) -> str:
-    """Consumer group of an endpoint's asynchronous workers (its lag is the queue depth)."""
-    return f"mlbus-inference-{endpoint}-async"
-
-
-def batch_group_id(endpoint: str) -> str:
-    """Consumer group of an endpoint's workers for batch transform chunks."""
-    return f"mlbus-inference-{endpoint}-batch"

@@ -201,15 +201,26 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self._owner._on_assigned(assigned)
 
 
-def consumer_config(settings: KafkaSettings, *, group_id: str, source: str) -> dict[str, Any]:
-    """Keyword arguments for :class:`AIOKafkaConsumer` from ``settings``."""
+def consumer_config(
+    settings: KafkaSettings,
+    *,
+    group_id: str,
+    source: str,
+    fetch_max_wait_ms: int | None = None,
+) -> dict[str, Any]:
+    """Keyword arguments for :class:`AIOKafkaConsumer` from ``settings``.
+
+    ``fetch_max_wait_ms`` overrides the setting for one consumer (e.g. a longer wait for a
+    queue whose latency matters less than the idle polling it costs).
+    """
+    wait_ms = settings.fetch_max_wait_ms if fetch_max_wait_ms is None else fetch_max_wait_ms
     return {
         "bootstrap_servers": settings.bootstrap_servers,
         "client_id": f"{settings.client_id_prefix}-{source}",
         "group_id": group_id,
         "session_timeout_ms": settings.session_timeout_ms,
         "heartbeat_interval_ms": settings.heartbeat_interval_ms,
-        "fetch_max_wait_ms": settings.fetch_max_wait_ms,
+        "fetch_max_wait_ms": wait_ms,
         "max_poll_records": settings.max_poll_records,
         "max_partition_fetch_bytes": settings.max_partition_fetch_bytes,
         "fetch_max_bytes": max(50 * 1024 * 1024, settings.max_partition_fetch_bytes),
@@ -242,6 +253,7 @@ class EventConsumer:
         retry_on: tuple[type[BaseException], ...] = (RetryableError,),
         on_dead_letter: DeadLetterHook | None = None,
         concurrent_partitions: bool = False,
+        fetch_max_wait_ms: int | None = None,
     ) -> None:
         if not topics:
             raise ValueError("EventConsumer needs at least one topic")
@@ -260,6 +272,8 @@ class EventConsumer:
         self._on_dead_letter = on_dead_letter
         #: Handle the partitions of one poll concurrently (order is kept within a partition).
         self.concurrent_partitions = concurrent_partitions
+        #: Overrides ``settings.fetch_max_wait_ms`` for this consumer when set.
+        self.fetch_max_wait_ms = fetch_max_wait_ms
         self._producer = producer
         self._own_producer = producer is None
         self._consumer: AIOKafkaConsumer | None = None
@@ -293,7 +307,12 @@ class EventConsumer:
         if self._own_producer:
             await self._producer.start()
         consumer = AIOKafkaConsumer(
-            **consumer_config(self.settings, group_id=self.group_id, source=self.source)
+            **consumer_config(
+                self.settings,
+                group_id=self.group_id,
+                source=self.source,
+                fetch_max_wait_ms=self.fetch_max_wait_ms,
+            )
         )
         consumer.subscribe(topics=list(self._by_name), listener=_Listener(self))
         try:
