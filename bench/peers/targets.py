@@ -611,7 +611,8 @@ class RouterTarget(Target):
     async def start(self, models: dict[str, Path], workdir: Path) -> dict[str, Endpoint]:
         registry_port, router_port = free_port(), free_port()
         namespace = f"bench-router-{uuid.uuid4().hex[:6]}"
-        home = workdir / "router-home"
+        # A fresh home per start: the registry database must not keep the last run's endpoints.
+        home = workdir / f"router-home-{namespace}"
         common = {"MLBUS_KAFKA_TOPIC_NAMESPACE": namespace}
         registry = ServerProcess.spawn(
             [sys.executable, "-m", "mlbus.registry"],

@@ -124,3 +124,27 @@ def test_max_abs_diff() -> None:
     assert max_abs_diff(a, c) == 1.0
     d = decode_outputs(_response(True, np.zeros((2, 2), np.float32), [b"a"]))
     assert math.isinf(max_abs_diff(a, d))
+
+
+def test_idle_shutdown_by_mode_and_setting() -> None:
+    realtime = VariantPlan(spec=spec(), weight=1, instance_count=2)
+    assert realtime.idle_shutdown_s(300) == 0  # always on
+    assert realtime.instances_wanted == 2
+    scaled = VariantPlan(spec=spec(), weight=1, instance_count=2, scale_to_zero_after_s=60)
+    assert scaled.idle_shutdown_s(300) == 60
+    assert scaled.instances_wanted == 2  # while up
+    serverless = VariantPlan(spec=spec(), weight=1, instance_count=0, mode=VariantMode.SERVERLESS)
+    assert serverless.idle_shutdown_s(300) == 300  # the router's default
+    assert serverless.instances_wanted == 1
+    own = VariantPlan(
+        spec=spec(),
+        weight=1,
+        instance_count=0,
+        mode=VariantMode.SERVERLESS,
+        scale_to_zero_after_s=5,
+    )
+    assert own.idle_shutdown_s(300) == 5
+    shadow = VariantPlan(
+        spec=spec(shadow=True), weight=0, instance_count=1, scale_to_zero_after_s=5
+    )
+    assert shadow.idle_shutdown_s(300) == 0  # mirrored traffic only: never scaled

@@ -16,6 +16,7 @@ from mlbus.core.rpc import create_channel
 from mlbus.core.service import ServiceApp
 from mlbus.core.settings import shared_env
 from mlbus.core.storage import ObjectStore, open_object_store
+from mlbus.router.adapters.queue_depth import KafkaQueueDepth
 from mlbus.router.adapters.registry_source import RegistrySource
 from mlbus.router.adapters.workers import ProcessBackend
 from mlbus.router.api.async_service import AsyncInferenceService
@@ -76,6 +77,7 @@ class RouterApp(ServiceApp):
             log_dir=settings.home / "logs" / "workers",
             host=settings.worker_host,
         )
+        self.queue_depth = KafkaQueueDepth(settings.kafka, self.catalogue)
         self.controller = DeploymentController(
             self.table,
             self.backend,
@@ -87,8 +89,11 @@ class RouterApp(ServiceApp):
                 stop_grace_s=settings.worker_stop_grace_s,
                 restart_backoff_s=settings.worker_restart_backoff_s,
                 restart_backoff_max_s=settings.worker_restart_backoff_max_s,
+                scale_poll_interval_s=settings.scale_poll_interval_s,
+                serverless_idle_s=settings.serverless_idle_s,
             ),
             metrics=self.metrics,
+            queue_depth=self.queue_depth,
         )
         self.source: RegistrySource | None = None
         if settings.controller_enabled:
@@ -113,6 +118,7 @@ class RouterApp(ServiceApp):
             )
             self.on_start(self._start_source)
         self.on_stop(self._close_store)
+        self.on_stop(self.queue_depth.close)
         # Stop hooks run in reverse: workers last, after the shadow copies.
         self.on_stop(self.controller.stop)
         self.on_stop(self.shadow.stop)

@@ -15,6 +15,14 @@ ignored, so events may arrive twice or out of order). An update is blue/green:
 
 A worker that exits while serving leaves its pool at once (the front door then routes to
 the others, retrying once on UNAVAILABLE) and is replaced with backoff.
+
+A variant that scales to zero (``scale_to_zero_after_seconds``, or SERVERLESS mode) is
+deployed like any other, then watched by the endpoint's scaler: once it has had no
+real-time request, no request in flight and an empty queue (asynchronous requests and batch
+chunks: its workers' consumer lag) for its idle time, its workers drain and stop while the
+variant stays routed with no instance. The next real-time request starts its workers and
+waits for the first to be ready (within the call's deadline); queued work makes the scaler
+start them on its next poll. Nothing is lost in between: queued records wait in their topics.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import partial
 from typing import Any, Protocol
 
 from mlbus.core.settings import GrpcSettings
@@ -46,6 +55,14 @@ class WorkerBackend(Protocol):
         ...
 
 
+class QueueDepth(Protocol):
+    """Queued work of an endpoint (its workers' consumer lag)."""
+
+    async def depth(self, endpoint: str) -> int | None:
+        """Records waiting for ``endpoint``'s workers; None when it cannot be read."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class ControllerSettings:
     """Timings of the controller (from RouterSettings)."""
@@ -56,6 +73,10 @@ class ControllerSettings:
     stop_grace_s: float = 10.0
     restart_backoff_s: float = 1.0
     restart_backoff_max_s: float = 30.0
+    #: Seconds between the scaler's looks at idleness and queue depth.
+    scale_poll_interval_s: float = 1.0
+    #: Idle time of a SERVERLESS variant that sets none.
+    serverless_idle_s: float = 300.0
 
 
 class WorkerState(StrEnum):
@@ -100,6 +121,34 @@ class ManagedWorker:
 
 
 @dataclass(eq=False)
+class _Scaler:
+    """Scale-to-zero state of one routed variant."""
+
+    pool: VariantPool
+    plan: VariantPlan
+    idle_s: float
+    #: When its workers last came up (the idle timer never starts earlier).
+    up_at: float
+    #: Set while the pool has an instance; cold starts wait on it.
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The scale-up in flight, if any.
+    task: asyncio.Task[bool] | None = None
+    scale_downs: int = 0
+    scale_ups: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "variant": self.pool.name,
+            "scale_to_zero_after_s": self.idle_s,
+            "instances": len(self.pool.instances),
+            "scaled_to_zero": not self.pool.instances,
+            "scaling_up": self.task is not None and not self.task.done(),
+            "scale_ups": self.scale_ups,
+            "scale_downs": self.scale_downs,
+        }
+
+
+@dataclass(eq=False)
 class _Endpoint:
     name: str
     desired: EndpointPlan | None = None
@@ -112,6 +161,12 @@ class _Endpoint:
     task: asyncio.Task[None] | None = None
     status: str = "pending"
     error: str = ""
+    #: Variants of the routed revision that scale to zero, by name.
+    scalers: dict[str, _Scaler] = field(default_factory=dict)
+    scale_task: asyncio.Task[None] | None = None
+    #: Last queue depth read (None: unknown), and when the queue last held work.
+    queue_depth: int | None = 0
+    queue_busy_at: float = 0.0
 
 
 class DeploymentController:
@@ -126,8 +181,10 @@ class DeploymentController:
         settings: ControllerSettings,
         metrics: RouterMetrics,
         client_factory: Callable[[str, GrpcSettings], WorkerClient] = WorkerClient,
+        queue_depth: QueueDepth | None = None,
     ) -> None:
         self.table = table
+        self.queue_depth = queue_depth
         self.backend = backend
         self.grpc_settings = grpc_settings
         self.settings = settings
@@ -193,6 +250,8 @@ class DeploymentController:
                     "status": state.status,
                     "error": state.error,
                     "workers": [w.describe() for w in state.workers],
+                    "scaling": [sc.describe() for sc in state.scalers.values()],
+                    "queue_depth": state.queue_depth,
                 }
             )
         return out
@@ -216,7 +275,16 @@ class DeploymentController:
     async def stop(self) -> None:
         """Stop every reconcile loop and worker (router shutdown)."""
         self._stopping = True
-        tasks = [s.task for s in self._endpoints.values() if s.task is not None]
+        tasks: list[asyncio.Task[Any]] = [
+            s.task for s in self._endpoints.values() if s.task is not None
+        ]
+        tasks += [s.scale_task for s in self._endpoints.values() if s.scale_task is not None]
+        tasks += [
+            sc.task
+            for s in self._endpoints.values()
+            for sc in s.scalers.values()
+            if sc.task is not None
+        ]
         tasks += list(self._background)
         for task in tasks:
             task.cancel()
@@ -317,6 +385,7 @@ class DeploymentController:
                 self._spawn_task(self._drain(state, w), f"drain-{w.id}")
             return
         pools: list[VariantPool] = []
+        routed: list[tuple[VariantPlan, VariantPool]] = []
         for vp, workers in assigned:
             pool = VariantPool(
                 name=vp.name,
@@ -330,6 +399,7 @@ class DeploymentController:
                 assert w.instance is not None
                 pool.instances.append(w.instance)
             pools.append(pool)
+            routed.append((vp, pool))
         shadow = pools.pop() if plan.shadow is not None else None
         route = Route(
             endpoint=plan.endpoint,
@@ -340,6 +410,7 @@ class DeploymentController:
             blocked_reason=plan.blocked_reason,
         )
         self.table.set(route)
+        self._set_up_scaling(state, routed)
         state.applied = plan
         state.status = "blocked" if plan.blocked_reason else "serving"
         state.error = plan.blocked_reason
@@ -361,6 +432,8 @@ class DeploymentController:
 
     async def _teardown(self, state: _Endpoint) -> None:
         self.table.remove(state.name)
+        state.scalers = {}
+        self.metrics.set_queue_depth(state.name, None)
         state.applied = None
         state.status = "deleted"
         log.info("endpoint deleted; draining its workers", extra={"endpoint": state.name})
@@ -551,6 +624,158 @@ class DeploymentController:
         if worker.process is not None:
             code = await worker.process.stop(self.settings.stop_grace_s)
             log.info("worker stopped", extra={"instance": worker.id, "exit_status": code})
+
+    # --- scale to zero ------------------------------------------------------------------
+
+    def _set_up_scaling(
+        self, state: _Endpoint, routed: list[tuple[VariantPlan, VariantPool]]
+    ) -> None:
+        """Scalers for the variants of a newly routed revision that scale to zero."""
+        now = time.monotonic()
+        scalers: dict[str, _Scaler] = {}
+        for vp, pool in routed:
+            idle = vp.idle_shutdown_s(self.settings.serverless_idle_s)
+            if idle <= 0:
+                continue
+            scaler = _Scaler(pool=pool, plan=vp, idle_s=idle, up_at=now)
+            if pool.instances:
+                scaler.ready.set()
+            pool.cold_start = partial(self._cold_start, state, scaler)
+            scalers[vp.name] = scaler
+        state.scalers = scalers
+        if not scalers:
+            self.metrics.set_queue_depth(state.name, None)
+        elif state.scale_task is None or state.scale_task.done():
+            state.scale_task = asyncio.create_task(
+                self._scale_loop(state), name=f"scale-{state.name}"
+            )
+
+    async def _scale_loop(self, state: _Endpoint) -> None:
+        while not self._stopping and state.scalers:
+            await asyncio.sleep(self.settings.scale_poll_interval_s)
+            try:
+                await self._scale_tick(state)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("scaler failed; retrying", extra={"endpoint": state.name})
+
+    async def _scale_tick(self, state: _Endpoint) -> None:
+        route = self.table.find(state.name)
+        if route is None or not state.scalers:
+            return
+        depth = await self.queue_depth.depth(state.name) if self.queue_depth else 0
+        state.queue_depth = depth
+        self.metrics.set_queue_depth(state.name, depth)
+        now = time.monotonic()
+        if depth != 0:  # unknown (None) counts as busy: never scale down blind
+            state.queue_busy_at = now
+        routed = route.pools()
+        up = any(pool.instances for pool in route.variants)
+        for scaler in list(state.scalers.values()):
+            pool = scaler.pool
+            if not any(p is pool for p in routed):
+                continue
+            if scaler.task is not None and not scaler.task.done():
+                continue
+            if pool.instances:
+                last_busy = max(pool.last_request, state.queue_busy_at, scaler.up_at)
+                in_flight = any(inst.outstanding for inst in pool.instances)
+                if not in_flight and depth == 0 and now - last_busy >= scaler.idle_s:
+                    self._scale_down(state, scaler, idle_for=now - last_busy)
+            elif depth and not up:
+                # Queued work and no production worker to consume it: start this one.
+                self._scale_up(state, scaler, reason=f"{depth} queued record(s)")
+                up = True
+        await self._notify()
+
+    def _scale_down(self, state: _Endpoint, scaler: _Scaler, *, idle_for: float) -> None:
+        pool = scaler.pool
+        workers = [w for w in state.workers if w.pool is pool and w.state is WorkerState.READY]
+        log.info(
+            "scaling variant to zero",
+            extra={
+                "endpoint": state.name,
+                "variant": pool.name,
+                "idle_s": round(idle_for, 1),
+                "workers": [w.id for w in workers],
+            },
+        )
+        scaler.ready.clear()
+        scaler.scale_downs += 1
+        self.metrics.scaled(state.name, pool.name, "down")
+        for w in workers:
+            # Out of the pool now, so no request picks it while its drain task starts.
+            if w.instance is not None:
+                w.instance.healthy = False
+                if w.instance in pool.instances:
+                    pool.instances.remove(w.instance)
+            self._spawn_task(self._drain(state, w), f"drain-{w.id}")
+
+    def _scale_up(self, state: _Endpoint, scaler: _Scaler, *, reason: str) -> asyncio.Task[bool]:
+        if scaler.task is None or scaler.task.done():
+            scaler.task = asyncio.create_task(
+                self._bring_up_scaled(state, scaler, reason), name=f"scale-up-{scaler.pool.name}"
+            )
+        return scaler.task
+
+    async def _bring_up_scaled(self, state: _Endpoint, scaler: _Scaler, reason: str) -> bool:
+        pool, vp = scaler.pool, scaler.plan
+        started = time.monotonic()
+        log.info(
+            "scaling variant up from zero",
+            extra={"endpoint": state.name, "variant": pool.name, "reason": reason},
+        )
+
+        async def one() -> bool:
+            worker = ManagedWorker(id=self._new_id(vp.spec), spec=vp.spec)
+            state.workers.append(worker)
+            if await self._bring_up(state, worker) and self._pool_is_live(state, pool):
+                assert worker.instance is not None
+                worker.pool = pool
+                pool.instances.append(worker.instance)
+                scaler.ready.set()
+                self._update_gauges()
+                return True
+            self._spawn_task(self._drain(state, worker), f"drain-{worker.id}")
+            return False
+
+        results = await asyncio.gather(*(one() for _ in range(vp.instances_wanted)))
+        seconds = time.monotonic() - started
+        if any(results):
+            scaler.up_at = time.monotonic()
+            scaler.scale_ups += 1
+            self.metrics.scaled(state.name, pool.name, "up", cold_start_s=seconds)
+            log.info(
+                "variant scaled up",
+                extra={
+                    "endpoint": state.name,
+                    "variant": pool.name,
+                    "workers": sum(results),
+                    "cold_start_s": round(seconds, 3),
+                },
+            )
+        else:
+            log.error(
+                "variant could not scale up from zero",
+                extra={"endpoint": state.name, "variant": pool.name, "seconds": round(seconds, 1)},
+            )
+        await self._notify()
+        return any(results)
+
+    async def _cold_start(self, state: _Endpoint, scaler: _Scaler, timeout: float) -> bool:
+        """Called by the front door for a request to a variant with no instance."""
+        if scaler.pool.instances:
+            return True
+        if not self._pool_is_live(state, scaler.pool):
+            return False
+        task = self._scale_up(state, scaler, reason="real-time request")
+        waiter = asyncio.ensure_future(scaler.ready.wait())
+        try:
+            await asyncio.wait({waiter, task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        return bool(scaler.pool.instances)
 
     def _update_gauges(self) -> None:
         counts: dict[tuple[str, str], int] = {}

@@ -57,6 +57,8 @@ class RouterStats:
     requests: dict[tuple[str, str], int] = field(default_factory=dict)
     retries: int = 0
     worker_restarts: int = 0
+    #: (endpoint, variant, "up" | "down") → scale events.
+    scale_events: dict[tuple[str, str, str], int] = field(default_factory=dict)
     shadow: dict[str, ShadowStats] = field(default_factory=dict)
 
     def shadow_for(self, endpoint: str) -> ShadowStats:
@@ -112,6 +114,26 @@ class RouterMetrics:
             "mlbus.router.deployment.failures",
             unit="{deployment}",
             description="Endpoint revisions whose workers did not come up.",
+        )
+        self._scale_events = meter.create_counter(
+            "mlbus.router.scale.events",
+            unit="{event}",
+            description="Variants scaled to zero (direction=down) or started from zero (up).",
+        )
+        self._cold_start = meter.create_histogram(
+            "mlbus.router.scale.cold_start.duration",
+            unit="s",
+            description="Time from a scale-up decision to the variant's first ready worker.",
+            explicit_bucket_boundaries_advisory=(*_SECONDS_BUCKETS[8:], 30.0, 60.0, 120.0),
+        )
+        self._queue_depth: dict[str, int] = {}
+        meter.create_observable_gauge(
+            "mlbus.router.queue.depth",
+            callbacks=[self._observe_queue_depth],
+            unit="{record}",
+            description="Asynchronous requests and batch chunks queued for an endpoint that "
+            "scales to zero (its workers' consumer lag; read by the router, so it is there "
+            "while the endpoint has no worker).",
         )
         self._ready: dict[tuple[str, str], int] = {}
         meter.create_observable_gauge(
@@ -176,6 +198,27 @@ class RouterMetrics:
     def deployment_failed(self, endpoint: str) -> None:
         """A revision's workers did not come up."""
         self._deploy_failed.add(1, {"mlbus.endpoint": endpoint})
+
+    def scaled(
+        self, endpoint: str, variant: str, direction: str, *, cold_start_s: float | None = None
+    ) -> None:
+        """A variant scaled to zero ("down") or up from zero ("up", with its cold start)."""
+        attrs = self._attributes(endpoint, variant)
+        self._scale_events.add(1, {**attrs, "direction": direction})
+        if cold_start_s is not None:
+            self._cold_start.record(cold_start_s, attrs)
+        key = (endpoint, variant, direction)
+        self.stats.scale_events[key] = self.stats.scale_events.get(key, 0) + 1
+
+    def set_queue_depth(self, endpoint: str, depth: int | None) -> None:
+        """The last queue depth read for ``endpoint``; None removes it (unknown or gone)."""
+        if depth is None:
+            self._queue_depth.pop(endpoint, None)
+        else:
+            self._queue_depth[endpoint] = depth
+
+    def _observe_queue_depth(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(n, {"mlbus.endpoint": e}) for e, n in self._queue_depth.items()]
 
     def set_ready_workers(self, counts: dict[tuple[str, str], int]) -> None:
         """Replace the ready-worker counts per (endpoint, variant)."""

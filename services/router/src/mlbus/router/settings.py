@@ -50,6 +50,12 @@ class RouterSettings(ServiceSettings):
     worker_restart_backoff_max_s: float = Field(default=30.0, gt=0)
     """Longest delay between restarts of a crash-looping worker."""
 
+    # --- scale to zero ---------------------------------------------------------------------
+    scale_poll_interval_s: float = Field(default=1.0, gt=0, le=300)
+    """How often the controller checks variants that scale to zero: idle time, and the queue depth (consumer lag) that starts them again."""
+    serverless_idle_s: float = Field(default=300.0, gt=0)
+    """Idle time after which a SERVERLESS variant that sets no `scale_to_zero_after_seconds` stops its workers."""
+
     # --- asynchronous inference ------------------------------------------------------------
     async_inline_max_bytes: int = Field(default=128 * 1024, ge=0)
     """Largest request carried on the request topic itself; larger ones go to the object store and the topic carries a reference."""

@@ -54,6 +54,7 @@ def _variant(
         weight=float(variant.weight),
         instance_count=int(variant.instance_count),
         mode=mode,
+        scale_to_zero_after_s=float(max(variant.scale_to_zero_after_seconds, 0)),
     )
 
 

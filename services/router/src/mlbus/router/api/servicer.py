@@ -21,7 +21,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from opentelemetry import trace
 
-from mlbus.core.errors import InvalidArgument
+from mlbus.core.errors import InvalidArgument, Unavailable
 from mlbus.core.telemetry import inject_grpc_metadata
 from mlbus.inference.v2 import grpc_service_pb2 as pb
 from mlbus.router.api.shadow import ShadowMirror
@@ -138,8 +138,9 @@ class RouterInferenceServicer:
         route = self.table.find(request.name)
         if route is None or route.blocked_reason:
             return pb.ModelReadyResponse(ready=False)
+        # A variant scaled to zero counts as ready: a request starts it (cold start).
         ready = any(
-            pool.ready_instances()
+            pool.ready_instances() or (pool.cold_start is not None and not pool.instances)
             for pool in route.variants
             if not request.version or str(pool.model_version) == request.version
         )
@@ -152,7 +153,10 @@ class RouterInferenceServicer:
             raise InvalidArgument("name: required, the endpoint name")
         route = self.table.get(request.name)
         pool = route.choose(self._rng, model_version=request.version)
+        pool.last_request = time.monotonic()
         instance = pool.pick(self._rng)
+        if instance is None and pool.cold_start is not None and not pool.instances:
+            instance = await self._cold_start(context, route.endpoint, pool)
         if instance is None:
             raise pool.unavailable_reason(route.endpoint)
         try:
@@ -193,7 +197,10 @@ class RouterInferenceServicer:
                     target = value if isinstance(value, str) else bytes(value).decode()
                     break
         pool = route.choose(self._rng, target_variant=target, model_version=header.model_version)
+        pool.last_request = time.monotonic()
         instance = pool.pick(self._rng)
+        if instance is None and pool.cold_start is not None and not pool.instances:
+            instance = await self._cold_start(context, route.endpoint, pool)
         if instance is None:
             error = pool.unavailable_reason(route.endpoint)
             self.metrics.request(
@@ -255,6 +262,20 @@ class RouterInferenceServicer:
                 raise error  # pragma: no cover - abort raises
             self.metrics.retried(endpoint, pool.name)
             instance = retry
+
+    async def _cold_start(self, context: Any, endpoint: str, pool: VariantPool) -> Instance:
+        """Start a scaled-to-zero variant's workers and wait (within the call's deadline)."""
+        assert pool.cold_start is not None
+        timeout = self._timeout(context)
+        if not await pool.cold_start(timeout):
+            raise Unavailable(
+                f"endpoint {endpoint!r}: variant {pool.name!r} was scaled to zero and no "
+                f"worker was ready within the call's deadline ({timeout:.1f}s); retry shortly"
+            )
+        instance = pool.pick(self._rng)
+        if instance is None:
+            raise pool.unavailable_reason(endpoint)
+        return instance
 
     def _timeout(self, context: Any) -> float:
         remaining = context.time_remaining()

@@ -62,6 +62,9 @@ class VariantPlan:
     weight: float
     instance_count: int
     mode: VariantMode = VariantMode.REALTIME
+    #: Idle seconds after which the variant's workers stop (0: never, or for a serverless
+    #: variant the controller's default); see :meth:`idle_shutdown_s`.
+    scale_to_zero_after_s: float = 0.0
 
     @property
     def name(self) -> str:
@@ -70,11 +73,20 @@ class VariantPlan:
 
     @property
     def instances_wanted(self) -> int:
-        """Workers to run: the instance count; a serverless variant runs one (scaling it to
-        zero when idle is not implemented yet)."""
+        """Workers to run while the variant is up: the instance count; a serverless variant
+        runs one (and none while scaled to zero)."""
         if self.mode is VariantMode.SERVERLESS:
             return 1
         return max(self.instance_count, 1)
+
+    def idle_shutdown_s(self, serverless_default_s: float) -> float:
+        """Idle seconds before the variant scales to zero; 0 if it never does (shadow
+        variants never do: they only ever see mirrored traffic)."""
+        if self.spec.shadow:
+            return 0.0
+        if self.scale_to_zero_after_s > 0:
+            return self.scale_to_zero_after_s
+        return serverless_default_s if self.mode is VariantMode.SERVERLESS else 0.0
 
 
 @dataclass(frozen=True, slots=True)

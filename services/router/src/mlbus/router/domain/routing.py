@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +52,11 @@ class VariantPool:
     #: Most requests in flight on one instance; 0 = unlimited (the worker's own limit).
     max_concurrency: int = 0
     instances: list[Instance] = field(default_factory=list)
+    #: ``time.monotonic()`` of the last request routed to it (scale-to-zero idleness).
+    last_request: float = 0.0
+    #: Set on a variant that scales to zero: starts its workers when it has none and waits
+    #: up to the given seconds for one to be ready (True once one is).
+    cold_start: Callable[[float], Awaitable[bool]] | None = None
 
     def ready_instances(self) -> list[Instance]:
         """Instances that may be picked now."""
