@@ -102,6 +102,7 @@ class TrainerApp(ServiceApp):
                 log_flush_interval_s=settings.log_flush_interval_s,
                 max_log_line_chars=settings.max_log_line_chars,
                 mlbus_version=version,
+                max_categories=settings.max_categories,
             ),
         )
         self.scheduler = Scheduler(

@@ -68,6 +68,8 @@ class TrainerSettings(ServiceSettings):
     """Parity check: largest absolute difference allowed between the ONNX model's and the original's probabilities and regression outputs (plus the relative part)."""
     parity_rtol: float = Field(default=1e-3, ge=0)
     """Parity check: allowed difference relative to the original's regression output (|onnx - original| <= atol + rtol * |original|)."""
+    max_categories: int = Field(default=50, ge=2)
+    """Training with categorical (string) columns: how many categories of each such column get a one-hot column (the most frequent in the training rows); rarer ones encode as all zeros, like categories never seen."""
     registry_address: str = "127.0.0.1:50052"
     """host:port of the registry that trained models are registered in."""
     registry_timeout_s: float = Field(default=120.0, gt=0)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd  # type: ignore[import-untyped]
 
+from mlbus.trainer.child.encoding import Encoder
 from mlbus.trainer.child.errors import JobFailed
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -35,7 +36,10 @@ class TrainingData:
     """What a custom ``train(data, hyperparameters)`` receives.
 
     ``train`` and ``validation`` are the whole frames (target included); ``X_*`` are float64
-    matrices of the feature columns in ``features`` order, ``y_*`` the target values.
+    matrices of the feature columns in ``features`` order, ``y_*`` the target values. With
+    categorical columns (``categorical``), ``X_*`` are the encoded matrices (numeric columns,
+    then one 0/1 column per category; names in ``encoded_features``) and the trainer puts the
+    same encoder in front of the returned estimator for export.
     Call ``report(step, **metrics)`` to record per-iteration metrics.
     """
 
@@ -48,6 +52,8 @@ class TrainingData:
     X_validation: np.ndarray
     y_validation: np.ndarray
     report: Any = field(default=None, repr=False)
+    categorical: list[str] = field(default_factory=list)
+    encoded_features: list[str] = field(default_factory=list)
 
 
 def split(
@@ -68,25 +74,23 @@ def split(
     return frame.iloc[kept].reset_index(drop=True), frame.iloc[held].reset_index(drop=True)
 
 
-def feature_matrix(frame: pd.DataFrame, features: list[str], what: str) -> np.ndarray:
-    """The feature columns as a float64 matrix; JobFailed naming a non-numeric column."""
-    for name in features:
-        if name not in frame.columns:
-            raise JobFailed(f"{what}: column {name!r} is missing (the training data has it)")
-        column = frame[name]
-        if not (pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column)):
-            raise JobFailed(
-                f"{what}: column {name!r} is not numeric ({column.dtype}); the model takes a "
-                "float matrix of the feature columns, so encode it first (a processing job)"
-            )
-    matrix: np.ndarray = frame[features].to_numpy(dtype=np.float64)
-    return matrix
+@dataclass
+class Prepared:
+    """The features of a training job and its training and validation arrays."""
+
+    features: list[str]
+    encoder: Encoder
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_validation: np.ndarray
+    y_validation: np.ndarray
 
 
 def prepare(
-    train: pd.DataFrame, validation: pd.DataFrame, target: str
-) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Features (every column but the target, in file order) and the X/y arrays."""
+    train: pd.DataFrame, validation: pd.DataFrame, target: str, *, max_categories: int
+) -> Prepared:
+    """Features (every column but the target, in file order), their encoder fitted on the
+    training rows, and the encoded X / y arrays."""
     for what, frame in (("input", train), ("validation", validation)):
         if target not in frame.columns:
             raise JobFailed(
@@ -98,6 +102,12 @@ def prepare(
         raise JobFailed("input: no feature columns besides the target")
     if train[target].isna().any() or validation[target].isna().any():
         raise JobFailed(f"target column {target!r} has missing values")
-    x_train = feature_matrix(train, features, "input")
-    x_valid = feature_matrix(validation, features, "validation")
-    return features, x_train, train[target].to_numpy(), x_valid, validation[target].to_numpy()
+    encoder = Encoder.fit(train, features, max_categories=max_categories)
+    return Prepared(
+        features=features,
+        encoder=encoder,
+        x_train=encoder.matrix(train, "input"),
+        y_train=train[target].to_numpy(),
+        x_validation=encoder.matrix(validation, "validation"),
+        y_validation=validation[target].to_numpy(),
+    )

@@ -1,10 +1,12 @@
 """ONNX export (skl2onnx; onnxmltools' converters for XGBoost and LightGBM) and the parity
 check: the ONNX model and the original must predict the same on the validation set.
 
-The model takes one input, ``input``: FP32 ``[-1, n_features]`` (dynamic batch). Classifiers
-give ``label`` and ``probabilities`` (no ZipMap, so every output is a tensor); regressors
-``variable``. Both models see the same float32 values in the check: the original is fed the
-validation matrix rounded to float32, as ONNX Runtime is.
+The model's inputs are those of :mod:`mlbus.trainer.child.encoding`: one input ``input``,
+FP32 ``[-1, n_features]``, or, with categorical columns, one input per feature column (all
+with a dynamic batch dimension). Classifiers give ``label`` and ``probabilities`` (no
+ZipMap, so every output is a tensor); regressors ``variable``. Both models see the same
+float32 values in the check: the original is fed the validation rows rounded to float32, as
+ONNX Runtime is.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd  # type: ignore[import-untyped]
 
+from mlbus.trainer.child.encoding import Encoder
 from mlbus.trainer.child.errors import JobFailed
 from mlbus.trainer.domain.algorithms import Task
 
-INPUT_NAME = "input"
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 
 
@@ -104,10 +107,43 @@ def _final_step(estimator: Any) -> Any:
     return steps[-1][1] if steps else estimator
 
 
-def to_onnx(estimator: Any, n_features: int, task: Task) -> bytes:
-    """The fitted ``estimator`` as a serialized ONNX model; JobFailed if no converter can."""
+def _rename(graph: Any, old: str, new: str) -> None:
+    for node in graph.node:
+        node.input[:] = [new if name == old else name for name in node.input]
+        node.output[:] = [new if name == old else name for name in node.output]
+    for value in (*graph.input, *graph.output, *graph.value_info, *graph.initializer):
+        if value.name == old:
+            value.name = new
+
+
+def _name_inputs(model: Any, names: list[str]) -> None:
+    # skl2onnx makes input names identifiers and keeps them apart from its other names
+    # ("plan type" → "plan_type", "label" → "label1"); the inputs are named as the columns
+    # again, which is how the SDK and batch transform find them.
+    graph = model.graph
+    outputs = [o.name for o in graph.output]
+    taken = {o for n in graph.node for o in n.output} | {i.name for i in graph.initializer}
+    current = [i.name for i in graph.input]
+    if len(current) != len(names):
+        raise JobFailed(f"ONNX export: the model has {len(current)} inputs, expected {len(names)}")
+    for given, wanted in zip(current, names, strict=True):
+        if given == wanted:
+            continue
+        if wanted in taken or wanted in {i.name for i in graph.input}:
+            what = "an output" if wanted in outputs else "a value inside"
+            raise JobFailed(
+                f"feature column {wanted!r} has the name of {what} of the ONNX model "
+                f"(outputs: {', '.join(outputs)}), whose inputs are named as the columns: "
+                "rename the column"
+            )
+        _rename(graph, given, wanted)
+
+
+def to_onnx(estimator: Any, encoder: Encoder, task: Task) -> bytes:
+    """The fitted ``estimator`` (the model of ``encoder``: see
+    :meth:`Encoder.model`) as a serialized ONNX model; JobFailed if no converter can."""
+    import onnx
     from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import FloatTensorType  # type: ignore[import-untyped]
 
     module = type(_final_step(estimator)).__module__
     if module.startswith(("xgboost", "lightgbm")) or any(
@@ -119,20 +155,27 @@ def to_onnx(estimator: Any, n_features: int, task: Task) -> bytes:
     options: dict[Any, Any] = {}
     if task == "classification":
         options[id(_final_step(estimator))] = {"zipmap": False}
+    inputs = encoder.onnx_inputs()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = convert_sklearn(
                 estimator,
-                initial_types=[(INPUT_NAME, FloatTensorType([None, n_features]))],
+                initial_types=inputs,
                 options=options or None,
                 target_opset=TARGET_OPSET,
             )
     except Exception as exc:
         detail = str(exc).splitlines()[0][:300] if str(exc) else ""
         raise JobFailed(
-            f"ONNX export of {type(estimator).__name__} failed ({type(exc).__name__}: {detail})"
+            f"ONNX export of {type(_final_step(estimator)).__name__} failed "
+            f"({type(exc).__name__}: {detail})"
         ) from exc
+    _name_inputs(model, [name for name, _ in inputs])
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise JobFailed(f"ONNX export: the converted model is not valid: {exc}") from exc
     return bytes(model.SerializeToString())
 
 
@@ -146,10 +189,10 @@ def _session(model: bytes) -> Any:
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def _outputs(model: bytes, x32: np.ndarray) -> dict[str, np.ndarray]:
+def _outputs(model: bytes, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     session = _session(model)
     names = [o.name for o in session.get_outputs()]
-    values = session.run(None, {INPUT_NAME: x32})
+    values = session.run(None, feed)
     return dict(zip(names, (np.asarray(v) for v in values), strict=True))
 
 
@@ -160,13 +203,21 @@ def _same_labels(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def check_parity(
-    estimator: Any, model: bytes, x_valid: np.ndarray, task: Task, *, atol: float, rtol: float
+    estimator: Any,
+    model: bytes,
+    encoder: Encoder,
+    validation: pd.DataFrame,
+    task: Task,
+    *,
+    atol: float,
+    rtol: float,
 ) -> Parity:
-    """Run both models on the validation rows; JobFailed with the largest difference if
-    classes differ, probabilities differ by more than ``atol``, or regression outputs by
-    more than ``atol + rtol * |original|``."""
-    x32 = np.ascontiguousarray(x_valid, dtype=np.float32)
-    outputs = _outputs(model, x32)
+    """Run both models on the validation rows (``estimator``, the model of ``encoder``, on
+    the rows rounded to float32; the ONNX model on its inputs of them); JobFailed with the
+    largest difference if classes differ, probabilities differ by more than ``atol``, or
+    regression outputs by more than ``atol + rtol * |original|``."""
+    x32 = encoder.model_input(validation, "validation")
+    outputs = _outputs(model, encoder.onnx_feed(validation, "validation"))
     rows = len(x32)
     if task == "classification":
         labels = np.asarray(estimator.predict(x32)).ravel()

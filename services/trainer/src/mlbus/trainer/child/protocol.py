@@ -48,6 +48,8 @@ class Task:
     objective_metric: str = ""
     dataset_uri: str = ""
     dataset_sha256: str = ""
+    #: One-hot columns per categorical feature at most (the most frequent categories).
+    max_categories: int = 50
 
     def save(self, path: Path) -> None:
         """Write the task file."""

@@ -25,17 +25,17 @@ def _evaluator(task: str, x_valid: np.ndarray, y_valid: np.ndarray) -> training.
     return evaluate
 
 
-def _metrics(estimator: Any, task: str, x32: np.ndarray, y_valid: np.ndarray) -> dict[str, float]:
+def _metrics(estimator: Any, task: str, inputs: Any, y_valid: np.ndarray) -> dict[str, float]:
     if task == "classification":
-        labels = np.asarray(estimator.predict(x32)).ravel()
+        labels = np.asarray(estimator.predict(inputs)).ravel()
         proba = (
-            np.asarray(estimator.predict_proba(x32))
+            np.asarray(estimator.predict_proba(inputs))
             if hasattr(estimator, "predict_proba")
             else None
         )
         classes = getattr(export._final_step(estimator), "classes_", np.unique(y_valid))
         return metrics.classification(y_valid, labels, proba, classes)
-    return metrics.regression(y_valid, np.asarray(estimator.predict(x32)))
+    return metrics.regression(y_valid, np.asarray(estimator.predict(inputs)))
 
 
 def run_training(task: Task) -> Result:
@@ -48,11 +48,19 @@ def run_training(task: Task) -> Result:
     train, valid = data.split(
         frame, validation, fraction=task.validation_fraction or 0.2, seed=task.seed
     )
-    features, x, y, x_valid, y_valid = data.prepare(train, valid, task.target_column)
+    prepared = data.prepare(train, valid, task.target_column, max_categories=task.max_categories)
+    features, encoder = prepared.features, prepared.encoder
+    x, y = prepared.x_train, prepared.y_train
+    x_valid, y_valid = prepared.x_validation, prepared.y_validation
     say(
         f"loaded {len(train)} training and {len(valid)} validation rows, "
         f"{len(features)} features, target {task.target_column!r}"
     )
+    if encoder.categorical:
+        say(
+            f"categorical features {', '.join(encoder.categorical)}: one-hot encoded into "
+            f"{len(encoder.encoded_features) - len(encoder.numeric)} columns"
+        )
     hyperparameters = training.parse_hyperparameters(task.hyperparameters)
     history: dict[str, list[float]] = {}
 
@@ -77,6 +85,8 @@ def run_training(task: Task) -> Result:
             X_validation=x_valid,
             y_validation=y_valid,
             report=custom_report,
+            categorical=list(encoder.categorical),
+            encoded_features=list(encoder.encoded_features),
         )
         say(f"training custom algorithm from {task.script_path}")
         estimator = training.custom_train(task.script_path, training_data, hyperparameters)
@@ -111,14 +121,17 @@ def run_training(task: Task) -> Result:
             )
         )
     fit_seconds = time.monotonic() - started
+    # With categorical columns: the encoder and the estimator in one Pipeline taking the
+    # raw columns, which is what is exported and checked.
+    full = encoder.model(estimator)
     emit("phase", phase="evaluating")
-    values = _metrics(estimator, kind, x_valid.astype(np.float32), y_valid)
+    values = _metrics(full, kind, encoder.model_input(valid, "validation"), y_valid)
     say("validation " + ", ".join(f"{k}={v:.6g}" for k, v in values.items()))
 
     emit("phase", phase="exporting")
-    model = export.to_onnx(estimator, len(features), kind)
+    model = export.to_onnx(full, encoder, kind)
     parity = export.check_parity(
-        estimator, model, x_valid, kind, atol=task.parity_atol, rtol=task.parity_rtol
+        full, model, encoder, valid, kind, atol=task.parity_atol, rtol=task.parity_rtol
     )
     say(
         f"ONNX parity on {parity.rows} validation rows: largest difference "

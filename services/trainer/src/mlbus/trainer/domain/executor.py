@@ -62,6 +62,7 @@ class ExecutorConfig:
     log_flush_interval_s: float
     max_log_line_chars: int
     mlbus_version: str
+    max_categories: int = 50
 
 
 @dataclass
@@ -296,6 +297,7 @@ class Executor:
             objective_metric=spec.tuning.objective_metric if spec.tuning else "",
             dataset_uri=spec.input_uri,
             dataset_sha256=staged.sha256,
+            max_categories=self.config.max_categories,
         )
         task_file = work / "task.json"
         task.save(task_file)
