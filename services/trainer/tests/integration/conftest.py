@@ -57,6 +57,30 @@ def regression_parquet(path: Path, rows: int = 300, features: int = 4, seed: int
     return path
 
 
+def mixed_frame(rows: int, seed: int) -> pd.DataFrame:
+    """Numeric ``tenure`` and ``spend``, string ``plan`` and ``sales region`` (6 missing),
+    and two targets that depend on all of them: ``churned`` (0/1) and ``revenue``."""
+    rng = np.random.default_rng(seed)
+    plan = rng.choice(["basic", "pro", "team"], rows, p=[0.5, 0.3, 0.2])
+    region = rng.choice(["eu", "us", "apac"], rows).astype(object)
+    tenure = rng.uniform(0, 5, rows)
+    spend = rng.standard_normal(rows)
+    effect = np.array([{"basic": 1.0, "pro": -0.5, "team": -1.5}[p] for p in plan])
+    score = effect + (region == "us") - tenure / 2.5 + spend
+    revenue = 10 - 3 * effect + 2 * (region == "eu") + tenure + 0.2 * rng.standard_normal(rows)
+    region[rng.choice(rows, 6, replace=False)] = None
+    return pd.DataFrame(
+        {
+            "tenure": tenure,
+            "plan": plan,
+            "spend": spend,
+            "sales region": region,
+            "churned": (score + 0.3 * rng.standard_normal(rows) > 0).astype(int),
+            "revenue": revenue.astype(float),
+        }
+    )
+
+
 def trainer_settings(home: Path, kafka: KafkaSettings, registry: str, **kw: Any) -> TrainerSettings:
     """Trainer settings for tests: free ports, quick polls and leases, small grace."""
     values: dict[str, Any] = {
@@ -169,6 +193,7 @@ class Stack:
 
     classification_csv = staticmethod(classification_csv)
     regression_parquet = staticmethod(regression_parquet)
+    mixed_frame = staticmethod(mixed_frame)
 
     @staticmethod
     async def wait_until(

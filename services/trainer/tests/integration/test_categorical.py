@@ -19,31 +19,6 @@ from sklearn.preprocessing import OneHotEncoder
 
 from mlbus.trainer.v1 import events_pb2 as ev
 
-PLANS = ("basic", "pro", "team")
-REGIONS = ("eu", "us", "apac")
-
-
-def churn_frame(rows: int, seed: int) -> pd.DataFrame:
-    """Numeric ``tenure`` and ``spend``, string ``plan`` and ``sales region`` (a few
-    missing), target ``churned`` that depends on all of them."""
-    rng = np.random.default_rng(seed)
-    plan = rng.choice(PLANS, rows, p=[0.5, 0.3, 0.2])
-    region = rng.choice(REGIONS, rows).astype(object)
-    tenure = rng.uniform(0, 5, rows)
-    spend = rng.standard_normal(rows)
-    effect = {"basic": 1.0, "pro": -0.5, "team": -1.5}
-    score = np.array([effect[p] for p in plan]) + (region == "us") - tenure / 2.5 + spend
-    region[rng.choice(rows, 6, replace=False)] = None
-    return pd.DataFrame(
-        {
-            "tenure": tenure,
-            "plan": plan,
-            "spend": spend,
-            "sales region": region,
-            "churned": (score + 0.3 * rng.standard_normal(rows) > 0).astype(int),
-        }
-    )
-
 
 def onnx_feed(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     """The model's inputs: one [n, 1] tensor per column, strings for the categorical ones
@@ -61,8 +36,8 @@ def onnx_feed(frame: pd.DataFrame) -> dict[str, np.ndarray]:
 async def test_string_columns_train_and_the_model_takes_them_raw(
     stack: Any, tmp_path: Path
 ) -> None:
-    train = churn_frame(240, seed=11)
-    validation = churn_frame(60, seed=12)
+    train = stack.mixed_frame(240, seed=11).drop(columns="revenue")
+    validation = stack.mixed_frame(60, seed=12).drop(columns="revenue")
     # A plan the training rows never had: encoded as no plan at all, by both models.
     validation.loc[[0, 7], "plan"] = "enterprise"
     train.to_csv(tmp_path / "churn.csv", index=False)
