@@ -136,19 +136,34 @@ class AsyncInferenceCompleted(_message.Message):
     RECEIVE_TIME_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    RECORDS_TOTAL_FIELD_NUMBER: _builtins.int
+    RECORDS_FAILED_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
     inference_id: _builtins.str
     """Inference id given by InvokeAsync (or the producer); the Kafka key."""
     endpoint: _builtins.str
     """Endpoint that ran it."""
     variant: _builtins.str
-    """Variant that ran it."""
+    """Variant that ran it (rows inputs: the endpoint's production variant when the job
+    finished; empty if it had several).
+    """
     model_version: _builtins.int
-    """Model version that ran it."""
+    """Model version that ran it (rows inputs: that variant's; 0 if unknown)."""
     status: Global___AsyncInferenceStatus.ValueType
     """Always SUCCEEDED here."""
+    records_total: _builtins.int
+    """Rows inputs: records read from the file; 0 for a v2 request."""
+    records_failed: _builtins.int
+    """Rows inputs: records that failed (their lines are not in the output; each is listed in
+    errors).
+    """
     @_builtins.property
     def output(self) -> _common_pb2.ObjectRef:
-        """Where the serialized inference.ModelInferResponse was written."""
+        """Where the serialized inference.ModelInferResponse was written; for a rows input
+        (CSV, JSON Lines, Parquet, run by the router as a transform job) the output file, one
+        line per successful record in input order (content_type text/csv or
+        application/jsonlines).
+        """
 
     @_builtins.property
     def receive_time(self) -> _timestamp_pb2.Timestamp:
@@ -162,6 +177,10 @@ class AsyncInferenceCompleted(_message.Message):
     def end_time(self) -> _timestamp_pb2.Timestamp:
         """When the output was written."""
 
+    @_builtins.property
+    def errors(self) -> _common_pb2.ObjectRef:
+        """Rows inputs with failed records: JSON Lines {"file", "line", "error"} per failed record."""
+
     def __init__(
         self,
         *,
@@ -174,10 +193,13 @@ class AsyncInferenceCompleted(_message.Message):
         receive_time: _timestamp_pb2.Timestamp | None = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        records_total: _builtins.int = ...,
+        records_failed: _builtins.int = ...,
+        errors: _common_pb2.ObjectRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "output", b"output", "receive_time", b"receive_time", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "errors", b"errors", "output", b"output", "receive_time", b"receive_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "endpoint", b"endpoint", "inference_id", b"inference_id", "model_version", b"model_version", "output", b"output", "receive_time", b"receive_time", "start_time", b"start_time", "status", b"status", "variant", b"variant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "endpoint", b"endpoint", "errors", b"errors", "inference_id", b"inference_id", "model_version", b"model_version", "output", b"output", "receive_time", b"receive_time", "records_failed", b"records_failed", "records_total", b"records_total", "start_time", b"start_time", "status", b"status", "variant", b"variant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
