@@ -254,6 +254,10 @@ class Executor:
             await asyncio.to_thread(shutil.rmtree, work, True)
         if running.abandoned:
             return None
+        if result is None and running.history:
+            # A job stopped or failed midway keeps the metrics it reported per iteration
+            # (e.g. a trial stopped early: the curve that got it stopped).
+            result = JobResult(history=dict(running.history))
         return await self.finish(started, status, reason, result)
 
     async def _run_in(

@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import logging
 import math
+import statistics
 from typing import Any
 
 from mlbus.trainer.domain.executor import Executor, RunningJob
@@ -62,6 +63,20 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _grid_sampler(space: dict[str, list[Any]], seed: int) -> Any:
+    """Optuna's grid sampler, without its call of ``Study.stop()`` once every grid point
+    has been told: that call only works inside ``Study.optimize()``, and raised out of the
+    last ``tell`` here (failing the job). The coordinator starts no more trials than the
+    grid has."""
+    import optuna
+
+    class GridSampler(optuna.samplers.GridSampler):
+        def after_trial(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    return GridSampler(space, seed=seed)
+
+
 class TuningCoordinator:
     """Runs tuning jobs (see the module docstring)."""
 
@@ -92,7 +107,7 @@ class TuningCoordinator:
         trials = tuning.max_jobs
         if tuning.strategy == "grid":
             space = {p.name: grid_values(p, tuning.grid_points) for p in tuning.parameters}
-            sampler: Any = optuna.samplers.GridSampler(space, seed=seed)
+            sampler: Any = _grid_sampler(space, seed)
             for p in tuning.parameters:
                 if p.kind != "categorical":
                     # Grid points are given as a categorical choice among the grid values.
@@ -261,16 +276,34 @@ class TuningCoordinator:
 
     @staticmethod
     def _pruning(trial: Any, child: RunningJob, metric: str) -> Any:
+        import optuna
+
+        better = max if trial.study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+        best = math.nan
+
         def on_iteration(step: int, values: dict[str, float]) -> None:
+            nonlocal best
             value = values.get(metric)
             if value is None or child.stop_reason or not math.isfinite(value):
                 return
+            best = value if math.isnan(best) else better(best, value)
             trial.report(value, step)
-            if trial.should_prune():
-                child.pruned = True
-                child.stop(
-                    f"stopped early at iteration {step}: {metric} {value:.4g} is worse than the "
-                    "median of earlier trials at that iteration"
-                )
+            if not trial.should_prune():
+                return
+            child.pruned = True
+            # The median rule compares the trial's best value so far with the median of the
+            # completed trials' values at this iteration.
+            completed = trial.study.get_trials(
+                deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
+            )
+            at_step = [
+                t.intermediate_values[step] for t in completed if step in t.intermediate_values
+            ]
+            median = f"{statistics.median(at_step):.4g}, " if at_step else ""
+            child.stop(
+                f"stopped early at iteration {step}: its best {metric} so far, {best:.4g}, is "
+                f"worse than {median}the median of the {len(at_step)} completed trials at that "
+                "iteration"
+            )
 
         return on_iteration
