@@ -12,12 +12,19 @@ Inputs follow the same rules as :class:`~mlbus.sdk.predictor.Predictor` (a signa
 once with ModelMetadata). Requests above the router's inline limit go through the object
 store, so large batches of rows work; the result is read back from the object store by
 the router.
+
+A file of rows already in the object store (CSV, JSON Lines, Parquet; any size) runs in row
+chunks on the endpoint's workers; its result is a file of output lines:
+
+    job = churn.invoke(input_uri="file:///data/rows.csv", input_content_type="text/csv")
+    done = churn.result(job.inference_id, progress=lambda r: print(r.records_done))
+    done.output_uri, done.records_total, done.records_failed, done.errors_uri
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,11 +55,17 @@ class AsyncInvocation:
     output_uri: str
     failure_uri: str
     input_offloaded: bool
+    #: Files of rows: the transform job that runs it ('' for a v2 request).
+    job_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class AsyncResult:
-    """Where an asynchronous inference is: PENDING, SUCCEEDED, FAILED or EXPIRED."""
+    """Where an asynchronous inference is: PENDING, SUCCEEDED, FAILED or EXPIRED.
+
+    For a file of rows ``prediction`` stays None (the output is the file at ``output_uri``)
+    and the ``records_*`` counts say how far it is and how many records failed (listed in
+    the file at ``errors_uri``)."""
 
     inference_id: str
     status: str
@@ -60,6 +73,11 @@ class AsyncResult:
     output_uri: str = ""
     error_code: str = ""
     error_message: str = ""
+    job_id: str = ""
+    records_total: int = 0
+    records_done: int = 0
+    records_failed: int = 0
+    errors_uri: str = ""
 
     @property
     def done(self) -> bool:
@@ -70,7 +88,8 @@ class AsyncResult:
 def _result(response: rpb.GetAsyncResultResponse) -> AsyncResult:
     status = _STATUS.get(response.status, "PENDING")
     prediction = None
-    if status == "SUCCEEDED":
+    rows = response.rows if response.HasField("rows") else None
+    if status == "SUCCEEDED" and rows is None:
         r: pb.ModelInferResponse = response.response
         params = r.parameters
         prediction = Prediction(
@@ -87,6 +106,11 @@ def _result(response: rpb.GetAsyncResultResponse) -> AsyncResult:
         output_uri=response.output.uri,
         error_code=response.error.code,
         error_message=response.error.message,
+        job_id=rows.job_id if rows is not None else "",
+        records_total=rows.records_total if rows is not None else 0,
+        records_done=rows.records_done if rows is not None else 0,
+        records_failed=rows.records_failed if rows is not None else 0,
+        errors_uri=rows.errors.uri if rows is not None else "",
     )
 
 
@@ -133,9 +157,18 @@ class AsyncPredictor:
         target_variant: str = "",
         deadline_s: float = 0.0,
         reply_topic: str = "",
+        input_sha256: str = "",
+        csv_header: bool | None = None,
+        input_filter: str = "",
+        records_per_chunk: int = 0,
+        max_records_per_batch: int = 0,
+        max_failure_percent: float | None = None,
     ) -> AsyncInvocation:
         """Queue one inference: ``data`` (as for Predictor), a prepared v2 ``request``, or an
-        ``input_uri`` of a request in the object store. Returns at once."""
+        ``input_uri`` in the object store — a v2 request (``input_content_type``
+        application/x-protobuf or application/json) or a file of rows (text/csv,
+        application/jsonlines, application/vnd.apache.parquet), which the rest of the
+        keywords tune (as for :class:`~mlbus.sdk.transformer.Transformer`). Returns at once."""
         given = (data is not None) + (request is not None) + bool(input_uri)
         if given != 1:
             raise ValueError("give exactly one of data, request= or input_uri=")
@@ -145,9 +178,21 @@ class AsyncPredictor:
             timeout_seconds=deadline_s,
             reply_topic=reply_topic,
         )
+        rows = rpb.AsyncRowsOptions(
+            input_filter=input_filter,
+            records_per_chunk=records_per_chunk,
+            max_records_per_batch=max_records_per_batch,
+        )
+        if csv_header is not None:
+            rows.csv_header = csv_header
+        if max_failure_percent is not None:
+            rows.max_failure_percent = max_failure_percent
+        if rows.ByteSize():
+            message.rows.CopyFrom(rows)
         if input_uri:
             message.input_uri = input_uri
             message.input_content_type = input_content_type
+            message.input_sha256 = input_sha256
         else:
             if request is None:
                 request = build_request(
@@ -167,6 +212,7 @@ class AsyncPredictor:
             output_uri=response.output_uri,
             failure_uri=response.failure_uri,
             input_offloaded=response.input_offloaded,
+            job_id=response.job_id,
         )
 
     def status(self, inference_id: str) -> AsyncResult:
@@ -181,13 +227,20 @@ class AsyncPredictor:
         return _result(response)
 
     def result(
-        self, inference_id: str, *, wait: bool = True, timeout: float = 3600.0
+        self,
+        inference_id: str,
+        *,
+        wait: bool = True,
+        timeout: float = 3600.0,
+        progress: Callable[[AsyncResult], None] | None = None,
     ) -> AsyncResult:
         """The result of ``inference_id``; with ``wait``, polls until done or ``timeout``
-        seconds (DeadlineExceeded)."""
+        seconds (DeadlineExceeded), calling ``progress`` with each state seen."""
         deadline = time.monotonic() + timeout
         while True:
             result = self.status(inference_id)
+            if progress is not None:
+                progress(result)
             if result.done or not wait:
                 return result
             if time.monotonic() >= deadline:

@@ -6,6 +6,13 @@ writer of ``job.json`` and ``status.json``; a chunk counts as done once its ``.d
 marker exists, so progress survives worker crashes (redelivered chunks are skipped or
 finish the same files) and router restarts (unfinished jobs are picked up at start: the
 split is redone — same chunks, same keys — and chunks already done are skipped).
+
+A job may also run on behalf of the router's asynchronous inference (InvokeAsync with a
+file of rows): :meth:`TransformService.create_internal` starts it with an
+:class:`InternalJob` that fixes where its output goes, pins the input's SHA-256, sets a
+deadline and converts Parquet input into CSV chunks (so workers read each chunk alone, never
+the whole file); the hooks given to :meth:`TransformService.on_finished` then run once the
+job has ended — also for a job that ended before a router restart, until they succeed.
 """
 
 from __future__ import annotations
@@ -13,11 +20,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import hashlib
+import io
 import json
 import logging
+import os
+import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -27,10 +39,10 @@ from pydantic import BaseModel, Field
 from mlbus.common.v1 import common_pb2
 from mlbus.core import async_inference as ai
 from mlbus.core import transform as tf
-from mlbus.core.errors import AlreadyExists, InvalidArgument, NotFound
+from mlbus.core.errors import AlreadyExists, InvalidArgument, MlbusError, NotFound
 from mlbus.core.messaging import EventProducer, TopicCatalogue
 from mlbus.core.messaging.topics import check_endpoint_name
-from mlbus.core.storage import ObjectStore
+from mlbus.core.storage import IntegrityError, LocalObjectStore, ObjectStore
 from mlbus.router.domain.routing import RoutingTable
 from mlbus.router.v1 import events_pb2 as rev
 from mlbus.router.v1 import router_pb2 as rpb
@@ -46,6 +58,12 @@ SPLIT_IN_FLIGHT = 4
 #: is then seen (and the output assembled) sooner.
 FINAL_CHUNKS = 8
 FINAL_POLL_INTERVAL_S = 0.05
+#: Job ids starting with this are reserved for the jobs InvokeAsync starts.
+INTERNAL_JOB_PREFIX = "async."
+#: Bytes hashed or copied at a time when a Parquet input is checked or fetched.
+COPY_BLOCK_BYTES = 8 * 1024 * 1024
+#: Longest wait between two attempts of a failing finish hook.
+HOOK_BACKOFF_MAX_S = 30.0
 #: ASCII whitespace (what ``bytes.strip`` removes): a line of only these is blank.
 _WHITESPACE = np.zeros(256, dtype=bool)
 _WHITESPACE[list(b" \t\n\r\x0b\x0c")] = True
@@ -74,12 +92,33 @@ class Ref(BaseModel):
     content_type: str = ""
 
 
+class InternalJob(BaseModel):
+    """What a job run for another part of the router (an InvokeAsync rows input) fixes."""
+
+    #: Keys of the assembled output and (if records failed) the errors file.
+    output_key: str
+    errors_key: str
+    output_content_type: str
+    #: Content type of the input file as given (the manifest names the chunks' format).
+    source_content_type: str
+    #: SHA-256 the input must have (checked while it is read); empty: not checked.
+    input_sha256: str = ""
+    #: Epoch seconds after which the job is given up (FAILED, DEADLINE_EXCEEDED); 0: none.
+    deadline: float = 0.0
+    #: Parquet input is cut into CSV chunks (no header; the columns are in the manifest).
+    parquet_to_csv: bool = False
+    #: Opaque to this service: what the finish hooks need.
+    owner: dict[str, Any] = Field(default_factory=dict)
+
+
 class JobStatus(BaseModel):
     """``status.json``: where a job is."""
 
     job_id: str
     status: Status = "PENDING"
     reason: str = ""
+    #: gRPC status code name of a FAILED job's cause (e.g. INVALID_ARGUMENT).
+    reason_code: str = ""
     records_done: int = 0
     records_failed: int = 0
     chunks_done: int = 0
@@ -89,6 +128,9 @@ class JobStatus(BaseModel):
     outputs: list[Ref] = Field(default_factory=list)
     error_files: list[Ref] = Field(default_factory=list)
     spec: dict[str, Any] = Field(default_factory=dict)
+    internal: InternalJob | None = None
+    #: Set once the finish hooks of an internal job succeeded.
+    hooks_done: bool = False
 
 
 def _status_key(job_id: str) -> str:
@@ -100,6 +142,20 @@ def _ts(seconds: float) -> Timestamp:
     if seconds:
         stamp.FromDatetime(datetime.fromtimestamp(seconds, UTC))
     return stamp
+
+
+#: A finish hook: called with the job's manifest and final status.
+FinishHook = Callable[[tf.JobManifest, JobStatus], Awaitable[None]]
+
+
+def internal_job_id(endpoint: str, inference_id: str) -> str:
+    """The id of the job that runs ``endpoint``'s asynchronous inference ``inference_id``
+    (readable when it fits in an id, else a digest)."""
+    readable = f"{INTERNAL_JOB_PREFIX}{endpoint}.{inference_id}"
+    if len(readable) <= 200:
+        return readable
+    digest = hashlib.sha256(f"{endpoint}/{inference_id}".encode()).hexdigest()[:40]
+    return f"{INTERNAL_JOB_PREFIX}{digest}"
 
 
 class _Job:
@@ -129,6 +185,9 @@ class TransformService:
         self.poll_interval_s = poll_interval_s
         self._store: ObjectStore | None = None
         self._jobs: dict[str, _Job] = {}
+        self._hooks: list[FinishHook] = []
+        #: Internal jobs being created (a second InvokeAsync with the id waits for the first).
+        self._creating: dict[str, asyncio.Future[None]] = {}
 
     @property
     def store(self) -> ObjectStore:
@@ -140,6 +199,10 @@ class TransformService:
     @store.setter
     def store(self, store: ObjectStore) -> None:
         self._store = store
+
+    def on_finished(self, hook: FinishHook) -> None:
+        """Run ``hook`` when an internal job has ended (retried until it returns)."""
+        self._hooks.append(hook)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -162,6 +225,11 @@ class TransformService:
             if status.status not in _TERMINAL:
                 log.info("resuming transform job", extra={"job_id": status.job_id})
                 job.task = asyncio.create_task(self._run(job), name=f"transform-{status.job_id}")
+            elif status.internal is not None and not status.hooks_done:
+                # Ended before the router stopped, but its outcome may not be out yet.
+                job.task = asyncio.create_task(
+                    self._run_hooks(job), name=f"transform-hooks-{status.job_id}"
+                )
 
     async def stop(self) -> None:
         """Stop following jobs (they resume at the next start)."""
@@ -174,17 +242,77 @@ class TransformService:
 
     async def create(self, spec: rpb.TransformJobSpec) -> rpb.TransformJob:
         """Check ``spec``, record the job and start it in the background."""
+        if spec.job_id.startswith(INTERNAL_JOB_PREFIX):
+            raise InvalidArgument(
+                f"spec.job_id {spec.job_id!r}: ids starting with {INTERNAL_JOB_PREFIX!r} are "
+                "reserved for the jobs InvokeAsync starts for files of rows"
+            )
         manifest, files = await self._plan(spec)
         if manifest.job_id in self._jobs or await self.store.exists(
             self.store.uri_for(_status_key(manifest.job_id))
         ):
             raise AlreadyExists(f"transform job {manifest.job_id!r} exists")
+        return self.describe_job(await self._start(spec, manifest, files, None))
+
+    async def create_internal(
+        self, spec: rpb.TransformJobSpec, internal: InternalJob
+    ) -> tuple[rpb.TransformJob, InternalJob]:
+        """Start the job ``spec.job_id`` for ``internal``, or return the one with that id
+        (created before, or being created): its description and its InternalJob, which is
+        the first caller's."""
+        job_id = spec.job_id
+        while True:
+            job = self._jobs.get(job_id)
+            if job is not None and job.status.internal is not None:
+                return self.describe_job(job), job.status.internal
+            if job is not None:
+                raise AlreadyExists(f"transform job {job_id!r} exists and is not internal")
+            pending = self._creating.get(job_id)
+            if pending is None:
+                break
+            # Another call is creating it: wait, then look again (and create it if that
+            # call failed).
+            await asyncio.wait([pending])
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._creating[job_id] = future
+        try:
+            manifest, files = await self._plan(spec)
+            if internal.parquet_to_csv:
+                # Workers get CSV chunks (no header: the manifest holds the column names).
+                manifest.content_type = tf.CSV
+                manifest.csv_header = False
+            job = await self._start(spec, manifest, files, internal)
+        finally:
+            self._creating.pop(job_id, None)
+            future.set_result(None)
+        return self.describe_job(job), internal
+
+    def find(self, job_id: str) -> tuple[tf.JobManifest, JobStatus] | None:
+        """The manifest and status of job ``job_id``, if it is known."""
+        job = self._jobs.get(job_id)
+        return (job.manifest, job.status) if job is not None else None
+
+    async def _start(
+        self,
+        spec: rpb.TransformJobSpec,
+        manifest: tf.JobManifest,
+        files: list[tf.InputFile],
+        internal: InternalJob | None,
+    ) -> _Job:
         manifest.files = files
-        status = JobStatus(job_id=manifest.job_id, spec=_spec_dict(spec, manifest))
+        status = JobStatus(
+            job_id=manifest.job_id, spec=_spec_dict(spec, manifest), internal=internal
+        )
+        if internal is not None:
+            status.spec["content_type"] = internal.source_content_type
         job = _Job(manifest, status)
         self._jobs[manifest.job_id] = job
-        await self._save_manifest(job)
-        await self._save_status(job)
+        try:
+            await self._save_manifest(job)
+            await self._save_status(job)
+        except BaseException:
+            del self._jobs[manifest.job_id]  # not recorded: a retry creates it afresh
+            raise
         job.task = asyncio.create_task(self._run(job), name=f"transform-{manifest.job_id}")
         log.info(
             "transform job created",
@@ -192,9 +320,10 @@ class TransformService:
                 "job_id": manifest.job_id,
                 "endpoint": manifest.endpoint,
                 "files": [f.name for f in files],
+                "internal": internal is not None,
             },
         )
-        return self.describe_job(job)
+        return job
 
     def get(self, job_id: str) -> rpb.TransformJob:
         """The job's description; NOT_FOUND if there is none."""
@@ -395,12 +524,55 @@ class TransformService:
                 follower.cancel()
                 with contextlib.suppress(BaseException):
                     await follower
-            log.exception("transform job failed", extra={"job_id": job.manifest.job_id})
+            if isinstance(exc, MlbusError):
+                log.warning(
+                    "transform job failed: %s",
+                    exc.message,
+                    extra={"job_id": job.manifest.job_id},
+                )
+                job.status.reason = exc.message
+                job.status.reason_code = exc.code.name
+            else:
+                log.exception("transform job failed", extra={"job_id": job.manifest.job_id})
+                job.status.reason = f"{type(exc).__name__}: {exc}"
+                job.status.reason_code = "INTERNAL"
             job.status.status = "FAILED"
-            job.status.reason = f"{type(exc).__name__}: {exc}"
             job.status.end_time = time.time()
+            # Workers skip the chunks still queued.
+            job.manifest.stopped = True
+            with contextlib.suppress(Exception):
+                await self._save_manifest(job)
             await self._save_status(job)
             await self._event(job, force=True)
+        if job.status.internal is not None:
+            await self._run_hooks(job)
+
+    async def _run_hooks(self, job: _Job) -> None:
+        """The finish hooks of an ended internal job, retried with backoff until they pass;
+        then its chunk inputs and outputs are deleted (the output file holds the lines)."""
+        pause = 0.5
+        while True:
+            try:
+                for hook in self._hooks:
+                    await hook(job.manifest, job.status)
+                break
+            except Exception:
+                log.warning(
+                    "finish hook of transform job failed; retrying in %.1f s",
+                    pause,
+                    exc_info=True,
+                    extra={"job_id": job.manifest.job_id},
+                )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, HOOK_BACKOFF_MAX_S)
+        store = self.store
+        prefix = tf.job_prefix(job.manifest.job_id) + "chunks/"
+        with contextlib.suppress(Exception):
+            async for info in store.list(prefix):
+                if info.uri.endswith((".in", ".out")):
+                    await store.delete(info.uri)
+        job.status.hooks_done = True
+        await self._save_status(job)
 
     async def _split(self, job: _Job) -> None:
         m = job.manifest
@@ -413,32 +585,44 @@ class TransformService:
         # Up to SPLIT_IN_FLIGHT chunks are written and published at once while the next
         # ones are cut: a chunk's write waits on the disk and its publish on the broker.
         in_flight: set[asyncio.Task[None]] = set()
+        internal = job.status.internal
+        sha = (internal.input_sha256 if internal is not None else "") or None
         try:
             for item in m.files:
                 item.first_chunk = index
                 item.chunk_count = 0
                 item.records = 0
-                if m.content_type == tf.CSV and m.csv_header:
-                    item.columns = await self._csv_header(item.uri)
+                pieces: AsyncGenerator[tuple[int, int, bytes | None], None]
+                if internal is not None and internal.parquet_to_csv:
+                    pieces = self._parquet_csv_chunks(m, item, sha)
+                    # Its first item is a placeholder: the schema is in item.columns then.
+                    await anext(pieces, None)
+                else:
+                    if m.content_type == tf.CSV and m.csv_header:
+                        item.columns = await self._csv_header(item.uri)
+                    pieces = self._chunks(m, item, sha)
                 await self._save_manifest(job)
-                async for first, count, data in self._chunks(m, item):
-                    if job.stop_requested.is_set():
-                        break
-                    while len(in_flight) >= SPLIT_IN_FLIGHT:
-                        done, in_flight = await asyncio.wait(
-                            in_flight, return_when=asyncio.FIRST_COMPLETED
+                async with contextlib.aclosing(pieces):
+                    async for first, count, data in pieces:
+                        if job.stop_requested.is_set():
+                            break
+                        while len(in_flight) >= SPLIT_IN_FLIGHT:
+                            done, in_flight = await asyncio.wait(
+                                in_flight, return_when=asyncio.FIRST_COMPLETED
+                            )
+                            for task in done:
+                                task.result()
+                        in_flight.add(
+                            asyncio.create_task(
+                                self._send_chunk(m, item, index, first, count, data)
+                            )
                         )
-                        for task in done:
-                            task.result()
-                    in_flight.add(
-                        asyncio.create_task(self._send_chunk(m, item, index, first, count, data))
-                    )
-                    index += 1
-                    item.chunk_count += 1
-                    item.records += count
-                    records_total += count
-                    m.chunks_total = index
-                    m.records_total = records_total
+                        index += 1
+                        item.chunk_count += 1
+                        item.records += count
+                        records_total += count
+                        m.chunks_total = index
+                        m.records_total = records_total
             while in_flight:
                 done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_EXCEPTION)
                 for task in done:
@@ -485,9 +669,11 @@ class TransformService:
         )
 
     async def _chunks(
-        self, m: tf.JobManifest, item: tf.InputFile
-    ) -> AsyncIterator[tuple[int, int, bytes | None]]:
-        """(first record index in the file, record count, chunk bytes or None for Parquet)."""
+        self, m: tf.JobManifest, item: tf.InputFile, sha256: str | None = None
+    ) -> AsyncGenerator[tuple[int, int, bytes | None], None]:
+        """(first record index in the file, record count, chunk bytes or None for Parquet).
+        With ``sha256`` the input is checked on the way (InvalidArgument at the end if it
+        differs: the job fails before it is assembled)."""
         if m.content_type == tf.PARQUET:
             from io import BytesIO
 
@@ -505,12 +691,71 @@ class TransformService:
         cutter = LineCutter(
             m.records_per_chunk, skip_header=m.content_type == tf.CSV and m.csv_header
         )
-        async for block in self.store.get(item.uri, chunk_size=SPLIT_BLOCK_BYTES):
-            # numpy over a few MB: off the event loop, which serves real-time traffic.
-            for piece in await asyncio.to_thread(cutter.feed, block):
-                yield piece
+        try:
+            async for block in self.store.get(
+                item.uri, chunk_size=SPLIT_BLOCK_BYTES, expected_sha256=sha256
+            ):
+                # numpy over a few MB: off the event loop, which serves real-time traffic.
+                for piece in await asyncio.to_thread(cutter.feed, block):
+                    yield piece
+        except IntegrityError as exc:
+            raise InvalidArgument(f"input_sha256: {exc.message}") from None
         for piece in cutter.finish():
             yield piece
+
+    async def _parquet_csv_chunks(
+        self, m: tf.JobManifest, item: tf.InputFile, sha256: str | None
+    ) -> AsyncGenerator[tuple[int, int, bytes | None], None]:
+        """A Parquet file as CSV chunks of ``records_per_chunk`` rows, read a batch at a time
+        (memory: about a row group). The first item is a placeholder yielded once
+        ``item.columns`` holds the file's column names."""
+        async with self._local_file(item.uri, sha256) as path:
+            batches = await asyncio.to_thread(_ParquetCsv, path, m.records_per_chunk)
+            try:
+                item.columns = batches.columns
+                tf.parse_columns(m.input_filter, item.columns)
+                yield (-1, 0, None)
+                first = 0
+                while True:
+                    piece = await asyncio.to_thread(batches.next_chunk)
+                    if piece is None:
+                        return
+                    count, data = piece
+                    yield first, count, data
+                    first += count
+            finally:
+                batches.close()
+
+    @contextlib.asynccontextmanager
+    async def _local_file(self, uri: str, sha256: str | None) -> AsyncIterator[Path]:
+        """A local path holding the object at ``uri`` (the store's own file when the store
+        is a local directory, else a temporary copy), checked against ``sha256``."""
+        store = self.store
+        if isinstance(store, LocalObjectStore):
+            path = store.root / store.key_for(uri)
+            if sha256 is not None:
+                info = await store.stat(uri)
+                actual = info.sha256 or await asyncio.to_thread(_file_sha256, path)
+                if actual != sha256:
+                    raise InvalidArgument(
+                        f"input_sha256: expected {sha256}, the object at {uri} has {actual}"
+                    )
+            yield path
+            return
+        handle, name = tempfile.mkstemp(prefix="mlbus-parquet-", suffix=".parquet")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                try:
+                    async for block in store.get(
+                        uri, chunk_size=COPY_BLOCK_BYTES, expected_sha256=sha256
+                    ):
+                        await asyncio.to_thread(out.write, block)
+                except IntegrityError as exc:
+                    raise InvalidArgument(f"input_sha256: {exc.message}") from None
+            yield Path(name)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
 
     async def _follow(self, job: _Job) -> None:
         m, store = job.manifest, self.store
@@ -527,6 +772,15 @@ class TransformService:
             job.status.chunks_done = len(job.done)
             job.status.records_done = sum(r for r, _ in job.done.values())
             job.status.records_failed = sum(f for _, f in job.done.values())
+            internal = job.status.internal
+            if (
+                internal is not None
+                and internal.deadline
+                and time.time() > internal.deadline
+                and not (m.split_done and len(job.done) >= m.chunks_total)
+            ):
+                await self._give_up(job, internal.deadline)
+                return
             if job.stop_requested.is_set() or m.stopped:
                 job.status.status = "STOPPED"
                 job.status.end_time = time.time()
@@ -543,48 +797,65 @@ class TransformService:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(job.stop_requested.wait(), interval)
 
+    async def _give_up(self, job: _Job, deadline: float) -> None:
+        """An internal job past its deadline: FAILED; workers skip its remaining chunks."""
+        s = job.status
+        s.status = "FAILED"
+        s.reason_code = "DEADLINE_EXCEEDED"
+        s.reason = (
+            f"not finished before its deadline {datetime.fromtimestamp(deadline, UTC).isoformat()}"
+            f" ({s.records_done} of {job.manifest.records_total or '?'} records done)"
+        )
+        s.end_time = time.time()
+        job.manifest.stopped = True
+        job.stop_requested.set()  # ends the split, if it is still going
+        await self._save_manifest(job)
+        await self._save_status(job)
+        await self._event(job, force=True)
+
     async def _finish(self, job: _Job) -> None:
         m, s, store = job.manifest, job.status, self.store
         total = m.records_total
         failed_percent = 100.0 * s.records_failed / total if total else 0.0
         if s.records_failed and failed_percent > m.max_failure_percent:
             s.status = "FAILED"
+            s.reason_code = "INVALID_ARGUMENT"
             s.reason = (
                 f"{s.records_failed} of {total} records failed ({failed_percent:.1f}%), more than "
                 f"max_failure_percent {m.max_failure_percent:g}"
             )
+        internal = s.internal
         out_prefix = store.key_for(m.output_uri.rstrip("/") + "/x")[:-1]
+        s.outputs, s.error_files = [], []
         for item in m.files:
             chunks = range(item.first_chunk, item.first_chunk + item.chunk_count)
-            output = await store.put(
-                f"{out_prefix}{item.name}.out",
+            output = await self._assemble(
+                internal.output_key if internal is not None else f"{out_prefix}{item.name}.out",
                 self._concat(m.job_id, chunks, "out"),
-                content_type=m.content_type if m.content_type != tf.PARQUET else tf.JSONL,
+                (
+                    internal.output_content_type
+                    if internal is not None
+                    else m.content_type
+                    if m.content_type != tf.PARQUET
+                    else tf.JSONL
+                ),
+                if_absent=internal is not None,
             )
-            s.outputs.append(
-                Ref(
-                    uri=output.uri,
-                    sha256=output.sha256,
-                    size=output.size,
-                    content_type=output.content_type,
-                )
-            )
+            s.outputs.append(output)
             if any(job.done.get(i, (0, 0))[1] for i in chunks):
-                errors = await store.put(
-                    f"{out_prefix}{item.name}.errors.jsonl",
+                errors = await self._assemble(
+                    (
+                        internal.errors_key
+                        if internal is not None
+                        else f"{out_prefix}{item.name}.errors.jsonl"
+                    ),
                     self._concat(
                         m.job_id, [i for i in chunks if job.done.get(i, (0, 0))[1]], "err"
                     ),
-                    content_type=tf.JSONL,
+                    tf.JSONL,
+                    if_absent=internal is not None,
                 )
-                s.error_files.append(
-                    Ref(
-                        uri=errors.uri,
-                        sha256=errors.sha256,
-                        size=errors.size,
-                        content_type=errors.content_type,
-                    )
-                )
+                s.error_files.append(errors)
         if s.status != "FAILED":
             s.status = "COMPLETED_WITH_ERRORS" if s.records_failed else "COMPLETED"
             if s.records_failed:
@@ -603,9 +874,28 @@ class TransformService:
             },
         )
 
+    async def _assemble(
+        self, key: str, body: AsyncGenerator[bytes, None], content_type: str, *, if_absent: bool
+    ) -> Ref:
+        """Write an assembled file. ``if_absent`` (internal jobs, whose output is a visible
+        result): a file written before a restart stays, and is described as it is."""
+        store = self.store
+        try:
+            ref = await store.put(key, body, content_type=content_type, if_absent=if_absent)
+        except AlreadyExists:
+            await body.aclose()
+            info = await store.stat(store.uri_for(key))
+            return Ref(
+                uri=info.uri,
+                sha256=info.sha256 or "",
+                size=info.size,
+                content_type=info.content_type or content_type,
+            )
+        return Ref(uri=ref.uri, sha256=ref.sha256, size=ref.size, content_type=ref.content_type)
+
     async def _concat(
         self, job_id: str, chunks: Sequence[int], suffix: Literal["out", "err"]
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         # Chunks without failed records may have no .err (workers write one only if needed).
         for index in chunks:
             async for block in self.store.get(
@@ -746,3 +1036,69 @@ def _spec_pb(data: dict[str, Any]) -> rpb.TransformJobSpec:
     from google.protobuf import json_format
 
     return json_format.ParseDict(data, rpb.TransformJobSpec(), ignore_unknown_fields=True)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(COPY_BLOCK_BYTES):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class _ParquetCsv:
+    """A Parquet file as CSV chunks (no header) of ``rows`` rows each: flat columns only;
+    booleans written as 0/1 (workers read numbers), strings quoted where needed."""
+
+    def __init__(self, path: Path, rows: int) -> None:
+        import pyarrow.parquet as pq
+
+        self._file = pq.ParquetFile(path, memory_map=True)
+        try:
+            self._check(self._file.schema_arrow)
+        except BaseException:
+            self._file.close()
+            raise
+        self.columns = [str(name) for name in self._file.schema_arrow.names]
+        self._batches: Iterator[Any] = self._file.iter_batches(batch_size=rows)
+
+    @staticmethod
+    def _check(schema: Any) -> None:
+        import pyarrow as pa
+
+        for field in schema:
+            kind = field.type
+            if not (
+                pa.types.is_integer(kind)
+                or pa.types.is_floating(kind)
+                or pa.types.is_boolean(kind)
+                or pa.types.is_string(kind)
+                or pa.types.is_large_string(kind)
+                or pa.types.is_decimal(kind)
+            ):
+                raise InvalidArgument(
+                    f"input_uri: Parquet column {field.name!r} is {kind}; InvokeAsync reads "
+                    "flat columns (numbers, booleans, strings): use CreateTransformJob for "
+                    "nested ones"
+                )
+
+    def next_chunk(self) -> tuple[int, bytes] | None:
+        """(rows, CSV bytes) of the next chunk; None after the last one."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.csv as pacsv
+
+        batch = next(self._batches, None)
+        if batch is None:
+            return None
+        columns = [
+            pc.cast(column, pa.int8()) if pa.types.is_boolean(column.type) else column
+            for column in batch.columns
+        ]
+        table = pa.Table.from_arrays(columns, names=[f"c{i}" for i in range(len(columns))])
+        buffer = io.BytesIO()
+        pacsv.write_csv(table, buffer, write_options=pacsv.WriteOptions(include_header=False))
+        return batch.num_rows, buffer.getvalue()
+
+    def close(self) -> None:
+        self._file.close()

@@ -293,10 +293,29 @@ def _show_async(result: Any, as_json: bool) -> None:
                 if result.error_code
                 else None,
                 "result": _jsonable(result.prediction) if result.prediction is not None else None,
+                "rows": {
+                    "job_id": result.job_id,
+                    "records_total": result.records_total,
+                    "records_done": result.records_done,
+                    "records_failed": result.records_failed,
+                    "errors_uri": result.errors_uri,
+                }
+                if result.job_id
+                else None,
             }
         )
         return
     console.print(f"inference {result.inference_id}: [bold]{result.status}[/]")
+    if result.job_id:
+        total = f"{result.records_total:,}" if result.records_total else "?"
+        console.print(
+            f"records: {result.records_done:,} of {total} done, {result.records_failed:,} failed "
+            f"(transform job {result.job_id})"
+        )
+        if result.status == "SUCCEEDED":
+            console.print(f"output: {result.output_uri}")
+        if result.errors_uri:
+            console.print(f"failed records: {result.errors_uri}")
     if result.prediction is not None:
         _show(result.prediction)
     elif result.error_code:
@@ -313,10 +332,35 @@ def _show_async(result: Any, as_json: bool) -> None:
     "--input-uri",
     default="",
     metavar="URI",
-    help="A request already in the object store (protobuf, or JSON with --input-content-type).",
+    help="An object in the object store: a v2 request (protobuf, or JSON) or a file of rows "
+    "(CSV, JSON Lines, Parquet: run in row chunks); see --content-type.",
 )
 @click.option(
-    "--input-content-type", default="", help="application/x-protobuf (default) or application/json."
+    "--content-type",
+    "--input-content-type",
+    "input_content_type",
+    default="",
+    help="Of --input-uri: application/x-protobuf (default) or application/json (a v2 request); "
+    "text/csv, application/jsonlines or application/vnd.apache.parquet (rows).",
+)
+@click.option(
+    "--input-sha256", default="", metavar="HEX", help="SHA-256 the --input-uri object must have."
+)
+@click.option(
+    "--csv-header/--no-csv-header",
+    default=None,
+    help="Rows: whether the CSV file starts with a header (default: it does).",
+)
+@click.option(
+    "--input-filter",
+    default="",
+    help="Rows: columns (CSV/Parquet names or indexes) or a JSONPath that feed the model.",
+)
+@click.option(
+    "--records-per-chunk",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Rows: records per chunk (default 10,000).",
 )
 @_router_option
 @click.option("--id", "inference_id", default="", help="Inference id (default generated).")
@@ -342,6 +386,10 @@ def invoke_async(
     data: str | None,
     input_uri: str,
     input_content_type: str,
+    input_sha256: str,
+    csv_header: bool | None,
+    input_filter: str,
+    records_per_chunk: int,
     router: str,
     inference_id: str,
     deadline: float,
@@ -364,6 +412,10 @@ def invoke_async(
                 inference_id=inference_id,
                 deadline_s=deadline,
                 reply_topic=reply_topic,
+                input_sha256=input_sha256,
+                csv_header=csv_header,
+                input_filter=input_filter,
+                records_per_chunk=records_per_chunk,
             )
         else:
             kind, parsed = _load(input_path, data)
@@ -390,6 +442,7 @@ def invoke_async(
                         "output_uri": job.output_uri,
                         "failure_uri": job.failure_uri,
                         "input_offloaded": job.input_offloaded,
+                        "job_id": job.job_id,
                     }
                 )
             else:

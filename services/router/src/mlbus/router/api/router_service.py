@@ -19,6 +19,8 @@ class RouterServicer(rpb_grpc.RouterServiceServicer):
     def __init__(self, async_inference: AsyncInferenceService, transform: TransformService) -> None:
         self.async_inference = async_inference
         self.transform = transform
+        # Files of rows given to InvokeAsync run as internal transform jobs.
+        async_inference.attach(transform)
 
     async def InvokeAsync(
         self, request: rpb.InvokeAsyncRequest, context: Any
