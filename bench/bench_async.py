@@ -22,6 +22,18 @@ when it arrives; a request's latency is that stamp minus the moment just before 
 Every request must complete with a notification; the ones missing when a phase ends are
 counted (and named in the notes). Figures are medians over repetitions; a request's
 latency samples are pooled within a phase.
+
+Then, once, the large rows payload: a CSV of about ``rows_mb`` MiB (1 GiB; ``--quick``: 20
+MiB; the environment variable ``MLBUS_BENCH_ASYNC_ROWS_MB`` overrides it) of 30 FP32 features
+with 4 decimals and a header, written block by block to disk by a child process (so this
+process, the router's, does not hold the generator's memory) and streamed into the object
+store, then one ``InvokeAsync(input_uri, input_content_type="text/csv")``: the
+router runs it as a transform job in chunks of 10,000 rows on the endpoint's worker. Timed
+from just before the call to the completion notification; the output file is checked (one
+line per row, the first rows against ONNX Runtime in this process). Memory: each process's
+peak RSS (``VmHWM`` in ``/proc/<pid>/status``, reset with ``clear_refs`` just before the
+call, with a 50 ms ``VmRSS`` sampler as a cross-check) minus its RSS just before the call,
+for the worker and for this process (router, registry and client), against the payload size.
 """
 
 from __future__ import annotations
@@ -29,6 +41,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,9 +58,15 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
-from bench_transform import FEATURES, Stack, build_model  # noqa: E402
+from bench_transform import FEATURES, Stack, build_model, cpu_seconds  # noqa: E402
 
-TITLE = "Asynchronous inference: InvokeAsync → completion notification, small inline payloads"
+TITLE = (
+    "Asynchronous inference: InvokeAsync → completion notification, small inline payloads "
+    "and a large CSV of rows"
+)
+#: Rows generated at a time for the large payload (and checked against ONNX Runtime: the first).
+ROWS_BLOCK = 100_000
+MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -57,10 +78,11 @@ class Plan:
     window: int = 64
     count: int = 3000
     duration_s: float = 20.0
+    rows_mb: float = 1024.0
 
 
 FULL = Plan(reps=3)
-QUICK = Plan(reps=1, realtime=100, light=50, count=600, duration_s=8.0)
+QUICK = Plan(reps=1, realtime=100, light=50, count=600, duration_s=8.0, rows_mb=20.0)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -134,6 +156,82 @@ class Notifications:
         await self.consumer.stop()
 
 
+def _status_kib(pid: int, field: str) -> int | None:
+    """A ``kB`` field (VmRSS, VmHWM) of ``/proc/<pid>/status``; None if unreadable."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _reset_peak(pid: int) -> bool:
+    """Reset ``VmHWM`` to the current RSS (Linux: ``echo 5 > /proc/<pid>/clear_refs``)."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+class RssSampler:
+    """The largest VmRSS of some processes, sampled every 50 ms."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.peak = {pid: _status_kib(pid, "VmRSS") or 0 for pid in pids}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            for pid in self.peak:
+                rss = _status_kib(pid, "VmRSS")
+                if rss is not None and rss > self.peak[pid]:
+                    self.peak[pid] = rss
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def write_csv(path: Path, target: int) -> int:
+    """A CSV of at least ``target`` bytes (header, then blocks of ROWS_BLOCK rows) at
+    ``path``, written block by block; its row count."""
+    rows = 0
+    with path.open("wb") as out:
+        size = out.write((",".join(f"f{i}" for i in range(FEATURES)) + "\n").encode())
+        k = 0
+        while size < target or k == 0:
+            data, x = csv_block(k)
+            size += out.write(data)
+            rows += len(x)
+            k += 1
+    return rows
+
+
+def csv_block(k: int) -> tuple[bytes, np.ndarray]:
+    """Block ``k`` of the large payload: ROWS_BLOCK rows of FEATURES numbers, 4 decimals."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    rng = np.random.default_rng([7, k])
+    x = np.round(rng.standard_normal((ROWS_BLOCK, FEATURES)), 4).astype(np.float32)
+    buffer = io.BytesIO()
+    pacsv.write_csv(
+        pa.table({f"f{i}": x[:, i] for i in range(FEATURES)}),
+        buffer,
+        write_options=pacsv.WriteOptions(include_header=False),
+    )
+    return buffer.getvalue(), x
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, plan: Plan) -> None:
         self.args = args
@@ -142,6 +240,7 @@ class Bench:
         self.meta: dict[str, tuple[str, str, str]] = {}
         self.missing: list[str] = []
         self.requests = 0
+        self.rows_notes: list[str] = []
 
     def log(self, text: str) -> None:
         if self.args.verbose:
@@ -155,6 +254,7 @@ class Bench:
         from mlbus.router.v1 import router_pb2_grpc as rpb_grpc
 
         with tempfile.TemporaryDirectory(prefix="mlbus-bench-async-") as tmp:
+            self.tmp = tmp
             stack = Stack(self.args.bootstrap_servers, Path(tmp) / "home")
             await stack.start()
             try:
@@ -179,6 +279,7 @@ class Bench:
                         await self.realtime()
                         await self.light(rep)
                         await self.sustained(rep)
+                    await self.rows(stack)
                 finally:
                     await self.notes_.stop()
             finally:
@@ -347,6 +448,211 @@ class Bench:
             f"p50 {percentile(latencies, 0.5):.1f} ms, p99 {percentile(latencies, 0.99):.1f} ms"
         )
 
+    async def rows(self, stack: Any) -> None:
+        """The large rows payload, after a small one that warms the batch path up (its
+        first run imports pyarrow and fills allocator pools: a fixed cost, reported apart)."""
+        target = int(float(os.environ.get("MLBUS_BENCH_ASYNC_ROWS_MB", self.plan.rows_mb)) * MIB)
+        warm = await self._rows_run(stack, 1, "warm")
+        big = await self._rows_run(stack, target, "big")
+        size_mib = big["size"] / MIB
+        self.add(
+            "rows_wall",
+            big["wall"],
+            f"{size_mib:,.0f} MiB CSV ({big['rows']:,} rows): InvokeAsync → completion "
+            "notification",
+            "s",
+            "lower",
+        )
+        self.add(
+            "rows_rate",
+            big["rows"] / big["wall"],
+            "large CSV: rows per second",
+            "records/s",
+            "higher",
+        )
+        self.add(
+            "rows_mb_s", size_mib / big["wall"], "large CSV: payload per second", "MiB/s", "higher"
+        )
+        for key, label in (
+            ("worker", "worker"),
+            ("router", "router process (router + registry + client)"),
+        ):
+            growth = big[f"{key}_growth"]
+            self.add(
+                f"rows_{key}_growth", growth, f"large CSV: {label} peak RSS growth", "MiB", "lower"
+            )
+            self.add(
+                f"rows_{key}_share",
+                100 * growth / size_mib,
+                f"large CSV: {label} peak RSS growth ÷ payload size",
+                "%",
+                "lower",
+            )
+        self.add(
+            "rows_warm_worker_growth",
+            warm["worker_growth"],
+            f"first rows inference ({warm['size'] / MIB:.0f} MiB, warm-up): worker peak RSS growth",
+            "MiB",
+            "lower",
+        )
+        self.rows_notes = [
+            f"Large rows payload: {big['size']:,} bytes ({size_mib:,.0f} MiB), {big['rows']:,} "
+            f"rows × {FEATURES} features, written by a child process and put into the object store "
+            f"in {big['put_s']:.0f} s (not timed); one InvokeAsync (answered in {big['answered_ms']:.0f} ms), run as "
+            f"transform job {big['job_id']} in {big['chunks']} chunks of 10,000 rows "
+            f"(MULTI_RECORD, 1000 rows per inference) on {big['workers']} worker; CPU of the "
+            f"worker {big['cpu_workers']:.0f} s; output checked: {big['lines']:,} lines, the first "
+            "1000 equal to ONNX Runtime's.",
+            f"Memory (large payload): RSS just before the call — worker {big['worker_before']:.0f} "
+            f"MiB, this process {big['router_before']:.0f} MiB; peak growth {big['method']} — "
+            f"worker {big['worker_growth']:.0f} MiB, this process {big['router_growth']:.0f} MiB; "
+            f"the 50 ms VmRSS sampler saw worker +{big['worker_sampled']:.0f} MiB, this process "
+            f"+{big['router_sampled']:.0f} MiB.",
+            f"Warm-up: a {warm['size'] / MIB:.0f} MiB CSV ({warm['rows']:,} rows) first, the "
+            f"worker's first rows inference: worker RSS {warm['worker_before']:.0f} MiB before, "
+            f"peak +{warm['worker_growth']:.0f} MiB (pyarrow's import and memory pool: paid once "
+            f"per worker); it took {warm['wall']:.1f} s.",
+        ]
+        self.log(
+            f"rows payload: {big['wall']:.1f} s, {big['rows'] / big['wall']:,.0f} rows/s, worker "
+            f"peak RSS +{big['worker_growth']:.0f} MiB, router process "
+            f"+{big['router_growth']:.0f} MiB (payload {size_mib:,.0f} MiB)"
+        )
+
+    async def _rows_run(self, stack: Any, target: int, tag: str) -> dict[str, Any]:
+        """Generate a CSV of at least ``target`` bytes into the store, InvokeAsync it, wait
+        for the notification, check the output; the figures."""
+        import onnxruntime as ort
+
+        from mlbus.router.v1 import router_pb2 as rpb
+
+        store = stack.store
+        began = time.perf_counter()
+        # Written by a child process, so this one (the router's) does not hold the
+        # generator's memory before the measurement; then streamed into the store.
+        path = Path(self.tmp) / f"{tag}.csv"
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, __file__, "--write-csv", str(path), str(target)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=1800,
+        )
+        rows = int(done.stdout.strip().splitlines()[-1])
+        ref = await stack.put_file(f"bench-rows/{tag}.csv", path)
+        ref = await store.stat(ref)
+        path.unlink()
+        put_s = time.perf_counter() - began
+        size = ref.size
+        self.log(
+            f"rows payload {tag}: {rows:,} rows, {size / MIB:,.0f} MiB stored in {put_s:.1f} s"
+        )
+        workers = [
+            int(w["pid"])
+            for item in stack.router.controller.describe()
+            if item["endpoint"] == self.endpoint
+            for w in item["workers"]
+            if w.get("pid")
+        ]
+        me = os.getpid()
+        pids = [*workers, me]
+        before = {pid: _status_kib(pid, "VmRSS") or 0 for pid in pids}
+        reset = all(_reset_peak(pid) for pid in pids)
+        cpu_before = {pid: cpu_seconds(pid) for pid in workers}
+        sampler = RssSampler(pids)
+        sampler.start()
+        inference_id = f"rows-{tag}-{uuid.uuid4().hex[:8]}"
+        future = self.notes_.wait(inference_id)
+        started = time.perf_counter()
+        queued = await self.stub.InvokeAsync(
+            rpb.InvokeAsyncRequest(
+                endpoint=self.endpoint,
+                input_uri=ref.uri,
+                input_content_type="text/csv",
+                inference_id=inference_id,
+            ),
+            timeout=30,
+        )
+        answered_ms = (time.perf_counter() - started) * 1000
+
+        async def progress() -> None:
+            while True:
+                await asyncio.sleep(10)
+                now = await self.stub.GetAsyncResult(
+                    rpb.GetAsyncResultRequest(endpoint=self.endpoint, inference_id=inference_id),
+                    timeout=10,
+                )
+                self.log(
+                    f"  {time.perf_counter() - started:5.0f} s: {now.rows.records_done:,} of "
+                    f"{now.rows.records_total or '?'} records done"
+                )
+
+        reporter = asyncio.create_task(progress())
+        try:
+            arrived = await asyncio.wait_for(future, timeout=3600)
+        finally:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
+        wall = arrived - started
+        await sampler.stop()
+        peak = {pid: _status_kib(pid, "VmHWM") or 0 for pid in pids}
+        if not reset:  # no clear_refs: the sampler's peak is what there is
+            peak = dict(sampler.peak)
+        cpu_workers = sum(cpu_seconds(pid) - cpu_before[pid] for pid in workers)
+        result = await self.stub.GetAsyncResult(
+            rpb.GetAsyncResultRequest(endpoint=self.endpoint, inference_id=inference_id),
+            timeout=10,
+        )
+        if result.status != rpb.ASYNC_RESULT_STATUS_SUCCEEDED:
+            raise RuntimeError(f"rows inference {inference_id} did not succeed: {result}")
+        if (result.completion.records_total, result.completion.records_failed) != (rows, 0):
+            raise RuntimeError(f"rows inference counted {result.completion} for {rows} rows")
+
+        # The output: one line per row, the first ones as ONNX Runtime computes them.
+        lines = 0
+        head = b""
+        async for block in store.get(result.output.uri):
+            lines += block.count(b"\n")
+            if len(head) < 1 << 20:
+                head += block
+        if lines != rows:
+            raise RuntimeError(f"output has {lines:,} lines for {rows:,} rows")
+        sess = ort.InferenceSession(build_model(), providers=["CPUExecutionProvider"])
+        outputs = sess.run(None, {"x": csv_block(0)[1][:1000]})
+        check = [line.split(",") for line in head.decode().splitlines()[:1000]]
+        labels = np.array([int(float(c[0])) for c in check])
+        probabilities = np.array([[float(v) for v in c[1:]] for c in check])
+        if not (labels == outputs[0].ravel()).all():
+            raise RuntimeError("output labels differ from ONNX Runtime's")
+        np.testing.assert_allclose(probabilities, outputs[1], rtol=1e-5, atol=1e-6)
+        job = (
+            await stack.stub.DescribeTransformJob(
+                rpb.DescribeTransformJobRequest(job_id=queued.job_id), timeout=10
+            )
+        ).job
+        await store.delete(ref.uri)  # the disk is not endless
+        return {
+            "rows": rows,
+            "size": size,
+            "put_s": put_s,
+            "wall": wall,
+            "answered_ms": answered_ms,
+            "job_id": queued.job_id,
+            "chunks": job.chunks_total,
+            "workers": len(workers),
+            "cpu_workers": cpu_workers,
+            "lines": lines,
+            "method": "(VmHWM, reset with clear_refs)" if reset else "(sampled VmRSS)",
+            "worker_before": max((before[p] for p in workers), default=0) / 1024,
+            "router_before": before[me] / 1024,
+            "worker_growth": max((peak[p] - before[p] for p in workers), default=0) / 1024,
+            "router_growth": (peak[me] - before[me]) / 1024,
+            "worker_sampled": max((sampler.peak[p] - before[p] for p in workers), default=0) / 1024,
+            "router_sampled": (sampler.peak[me] - before[me]) / 1024,
+        }
+
     def result(self) -> dict[str, Any]:
         plan = self.plan
         figures = {
@@ -383,6 +689,7 @@ class Bench:
             notes.append("MISSING NOTIFICATIONS: " + "; ".join(self.missing) + ".")
         else:
             notes.append("Every request got its completion notification.")
+        notes.extend(self.rows_notes)
         return {
             "title": TITLE,
             "repetitions": plan.reps,
@@ -400,3 +707,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     bench = Bench(args, plan)
     asyncio.run(bench.main())
     return bench.result()
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--write-csv"]:
+    print(write_csv(Path(sys.argv[2]), int(sys.argv[3])))
