@@ -45,6 +45,22 @@ async def test_endpoint_is_deployed_and_serves_through_the_router(
     assert server.name == "mlbus-router"
     assert (await stack.stub.ServerReady(pb.ServerReadyRequest(), timeout=5)).ready
 
+    # The hop to the worker: small requests on its stream (many per message under load),
+    # large ones as unary calls; the same answers either way.
+    [instance] = stack.router.table.get(endpoint_name).variants[0].instances
+    client = instance.client
+    streamed, unary = client.stream.requests_sent, client.unary_requests
+    xs = [np.full((2, 4), i, dtype=np.float32) for i in range(64)]
+    answers = await asyncio.gather(*(stack.infer(endpoint_name, x) for x in xs))
+    for x, answer in zip(xs, answers, strict=True):
+        np.testing.assert_allclose(stack.output(answer), stack.reference(1, x), rtol=1e-5)
+    assert client.stream.requests_sent == streamed + 64
+    assert client.unary_requests == unary
+    big = np.random.default_rng(0).normal(size=(20_000, 4)).astype(np.float32)  # 320 kB
+    answer = await stack.infer(endpoint_name, big, timeout=30)
+    np.testing.assert_allclose(stack.output(answer), stack.reference(1, big), rtol=1e-4, atol=1e-6)
+    assert client.unary_requests == unary + 1
+
 
 async def test_bad_requests_get_precise_statuses(stack: Any, endpoint_name: str) -> None:
     version = await stack.model(endpoint_name, seed=2)

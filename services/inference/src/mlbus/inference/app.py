@@ -22,6 +22,8 @@ from mlbus.core.storage import ObjectStore, open_object_store
 from mlbus.inference.adapters.artifacts import StoreOpener
 from mlbus.inference.adapters.capture import CaptureIdentity, CapturePublisher
 from mlbus.inference.api.servicer import SERVICE_NAME, InferenceServicer
+from mlbus.inference.api.stream import SERVICE_NAME as STREAM_SERVICE_NAME
+from mlbus.inference.api.stream import WorkerStreamServicer
 from mlbus.inference.events.async_requests import AsyncRequestHandler
 from mlbus.inference.events.batch_chunks import BatchChunkHandler
 from mlbus.inference.metrics import InferenceMetrics
@@ -67,6 +69,10 @@ class InferenceApp(ServiceApp):
         )
         self.server.add_service(
             pb_grpc.add_GRPCInferenceServiceServicer_to_server, self.servicer, SERVICE_NAME
+        )
+        # The router's hop: the same requests multiplexed on a long-lived stream.
+        self.server.add_generic_handler(
+            WorkerStreamServicer(self.servicer).handler(), STREAM_SERVICE_NAME
         )
         # ServiceApp.start() starts the gRPC server as its last step; here that step listens
         # NOT_SERVING, loads and warms the model, and only then turns SERVING. (A

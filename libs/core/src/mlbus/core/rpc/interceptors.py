@@ -58,6 +58,9 @@ UNTRACED_SERVICES: frozenset[str] = frozenset(
         HEALTH_SERVICE,
         "grpc.reflection.v1alpha.ServerReflection",
         "grpc.reflection.v1.ServerReflection",
+        # The router's long-lived stream to a worker: each request on it gets a span of
+        # its own (mlbus.inference.api.stream), the stream none.
+        "mlbus.inference.v1.WorkerStreamService",
     }
 )
 

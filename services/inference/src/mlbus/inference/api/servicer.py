@@ -98,6 +98,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: Context
     ) -> pb.ModelInferResponse:
+        return await self.infer(request)
+
+    async def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        """One inference, however it arrived (unary call or the router's stream); raises
+        an MlbusError for a request the model cannot answer."""
         started = time.perf_counter()
         received = time.time()
         status = "OK"

@@ -29,6 +29,11 @@ from mlbus.core.process import PARENT_PID_ENV
 from mlbus.core.rpc import channel_options
 from mlbus.core.settings import GrpcSettings
 from mlbus.inference.v2 import grpc_service_pb2 as pb
+from mlbus.router.adapters.worker_stream import (
+    STREAM_MAX_REQUEST_BYTES,
+    StreamCallError,
+    WorkerStream,
+)
 from mlbus.router.domain.deployment import WorkerSpec
 
 log = logging.getLogger(__name__)
@@ -57,7 +62,10 @@ class WorkerClient:
         self.address = address
         self.channel = grpc.aio.insecure_channel(address, options=channel_options(settings))
         # No (de)serializers: bytes in, bytes out.
-        self.infer = self.channel.unary_unary(_INFER, None, None)
+        self.unary_infer = self.channel.unary_unary(_INFER, None, None)
+        self.stream = WorkerStream(self.channel)
+        #: Requests forwarded as unary calls (too large for the stream, or no stream service).
+        self.unary_requests = 0
         self.metadata = self.channel.unary_unary(
             _METADATA,
             request_serializer=pb.ModelMetadataRequest.SerializeToString,
@@ -70,6 +78,26 @@ class WorkerClient:
         )
         self._health = health_pb2_grpc.HealthStub(self.channel)
 
+    async def infer(
+        self, request: bytes, *, timeout: float, metadata: Sequence[tuple[str, str]] = ()
+    ) -> bytes:
+        """Forward one serialized ModelInferRequest; the worker's serialized response.
+
+        Requests up to :data:`STREAM_MAX_REQUEST_BYTES` travel on the worker's stream (a
+        fraction of a unary call's cost), larger ones — and every request to a worker
+        without the stream service — as unary ModelInfer calls. Failures raise
+        ``grpc.aio.AioRpcError`` (status, details, trailing metadata) either way.
+        """
+        if len(request) <= STREAM_MAX_REQUEST_BYTES and not self.stream.unsupported:
+            try:
+                return await self.stream.infer(request, timeout=timeout, metadata=metadata)
+            except StreamCallError as exc:
+                if not (exc.stream_failed and exc.code() is grpc.StatusCode.UNIMPLEMENTED):
+                    raise
+        self.unary_requests += 1
+        response: bytes = await self.unary_infer(request, timeout=timeout, metadata=metadata)
+        return response
+
     async def serving(self, timeout: float = 1.0) -> bool:
         """True when the worker's health service reports SERVING."""
         try:
@@ -79,7 +107,8 @@ class WorkerClient:
         return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
     async def close(self) -> None:
-        """Close the channel (in-flight calls are cancelled)."""
+        """Close the stream and the channel (in-flight calls are cancelled)."""
+        await self.stream.close()
         await self.channel.close(grace=None)
 
 

@@ -1,0 +1,105 @@
+"""The router's hop: ModelInfer requests multiplexed on ``WorkerStreamService/Infer``."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import numpy as np
+import pytest
+
+from mlbus.core.rpc import error_details
+from mlbus.inference.v1 import worker_pb2 as wpb
+from mlbus.inference.v2 import grpc_service_pb2 as pb
+
+pytestmark = pytest.mark.asyncio
+
+X = np.arange(8, dtype=np.float32).reshape(2, 4) - 3.5
+
+
+def open_stream(channel: grpc.aio.Channel) -> grpc.aio.StreamStreamCall:
+    return channel.stream_stream(
+        "/mlbus.inference.v1.WorkerStreamService/Infer",
+        request_serializer=wpb.StreamInferRequests.SerializeToString,
+        response_deserializer=wpb.StreamInferResponses.FromString,
+    )()
+
+
+async def answers(
+    call: grpc.aio.StreamStreamCall, count: int
+) -> dict[int, wpb.StreamInferResponse]:
+    got: dict[int, wpb.StreamInferResponse] = {}
+    while len(got) < count:
+        batch = await asyncio.wait_for(call.read(), 10)
+        assert batch is not grpc.aio.EOF
+        for reply in batch.responses:
+            assert reply.sequence not in got, "answered twice"
+            got[reply.sequence] = reply
+    return got
+
+
+async def test_many_requests_per_message_each_answered_with_its_own_status(
+    start_worker, onnx_models, v2
+) -> None:
+    worker = await start_worker(onnx_models.mixed())
+    call = open_stream(worker.running.channel)
+    good = v2.request(
+        {"x": X, "i": np.array([[1, 2], [3, 4]]), "s": np.array([b"a", b"b"], dtype=object)}
+    )
+    other = pb.ModelInferRequest()
+    other.CopyFrom(good)
+    other.model_name = "other"
+    batch = wpb.StreamInferRequests()
+    for sequence in range(1, 21):
+        batch.requests.add(sequence=sequence, request=good.SerializeToString(), timeout_seconds=10)
+    batch.requests.add(sequence=21, request=b"\xff\xff not protobuf", timeout_seconds=10)
+    batch.requests.add(sequence=22, request=other.SerializeToString(), timeout_seconds=10)
+    await call.write(batch)
+    # A second message on the same stream while the first is being answered.
+    await call.write(
+        wpb.StreamInferRequests(
+            requests=[wpb.StreamInferRequest(sequence=23, request=good.SerializeToString())]
+        )
+    )
+    got = await answers(call, 23)
+    for sequence in [*range(1, 21), 23]:
+        reply = got[sequence]
+        assert reply.code == 0, reply.message
+        response = pb.ModelInferResponse.FromString(reply.response)
+        assert v2.outputs(response)["y"].tolist() == (X * 2).tolist()
+    assert got[21].code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "not a valid inference.ModelInferRequest" in got[21].message
+    assert got[22].code == grpc.StatusCode.NOT_FOUND.value[0]
+    assert got[22].message == "model 'other' is not served here; this worker serves 'm'"
+    trailers = [(k, v.decode()) for k, v in got[22].trailers.items()]
+    assert error_details(trailers) == {"model": "other"}
+    # The stream stays usable after errors, and ends cleanly when the sender closes.
+    await call.write(
+        wpb.StreamInferRequests(
+            requests=[wpb.StreamInferRequest(sequence=24, request=good.SerializeToString())]
+        )
+    )
+    assert (await answers(call, 1))[24].code == 0
+    await call.done_writing()
+    assert await asyncio.wait_for(call.read(), 10) is grpc.aio.EOF
+    assert await call.code() is grpc.StatusCode.OK
+
+
+async def test_an_expired_deadline_answers_deadline_exceeded(start_worker, onnx_models, v2) -> None:
+    worker = await start_worker(onnx_models.mixed())
+    call = open_stream(worker.running.channel)
+    good = v2.request(
+        {"x": X, "i": np.array([[1, 2], [3, 4]]), "s": np.array([b"a", b"b"], dtype=object)}
+    )
+    await call.write(
+        wpb.StreamInferRequests(
+            requests=[
+                wpb.StreamInferRequest(
+                    sequence=1, request=good.SerializeToString(), timeout_seconds=1e-9
+                )
+            ]
+        )
+    )
+    reply = (await answers(call, 1))[1]
+    assert reply.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    call.cancel()
