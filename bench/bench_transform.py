@@ -306,7 +306,7 @@ class Stack:
             rev.TRANSFORM_JOB_STATUS_FAILED,
             rev.TRANSFORM_JOB_STATUS_STOPPED,
         }
-        output = str(self.store.uri_for(f"bench-out/{tag}/x"))[:-1]
+        output = self.store.uri_for_prefix(f"bench-out/{tag}/")
         spec = rpb.TransformJobSpec(
             endpoint=endpoint,
             input_uri=input_uri,

@@ -244,6 +244,11 @@ async def test_uris_name_the_store_and_key(backend: Backend) -> None:
     ref = await store.put(key, b"x")
     assert ref.uri == store.uri_for(key)
     assert store.key_for(ref.uri) == key
+    # A prefix's URI, plus a name, is the URI of the object of that name under it.
+    assert store.uri_for_prefix("dir/") + "y.bin" == store.uri_for("dir/y.bin")
+    assert ref.uri.startswith(store.uri_for_prefix("dir"))
+    assert store.uri_for_prefix("dir") == store.uri_for_prefix("dir/")
+    assert store.uri_for_prefix("dir/").endswith("/")
     if backend.name == "local":
         assert backend.root is not None
         assert ref.uri.startswith("file:///")

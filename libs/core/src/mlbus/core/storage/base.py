@@ -255,6 +255,11 @@ class ObjectStore(ABC):
     def uri_for(self, key: str) -> str:
         """URI of the object under ``key`` (which need not exist). InvalidArgument for bad keys."""
 
+    def uri_for_prefix(self, prefix: str) -> str:
+        """URI of the "directory" of keys under ``prefix`` (with a trailing ``/``), e.g. an
+        output location whose objects are written later. InvalidArgument for bad prefixes."""
+        return self.uri_for(prefix.rstrip("/") + "/_")[:-1]
+
     @abstractmethod
     def key_for(self, uri: str) -> str:
         """Key of one of this store's URIs; InvalidArgument for foreign or escaping URIs."""

@@ -158,7 +158,7 @@ def demo(home: Path | None, data_path: Path | None, keep: bool) -> None:
                 ref = await store.put(
                     "demo/input/customers.csv", batch_bytes, content_type="text/csv"
                 )
-                return ref.uri, store.uri_for("demo/output/x")[:-1]
+                return ref.uri, store.uri_for_prefix("demo/output/")
             finally:
                 await store.aclose()
 
