@@ -15,6 +15,7 @@ from mlbus.core.messaging import EventConsumer, Topic
 from mlbus.core.service import ServiceApp
 from mlbus.core.storage import create_object_store
 from mlbus.trainer.adapters.artifacts import StoreArtifacts
+from mlbus.trainer.adapters.checkpoints import StoreCheckpoints
 from mlbus.trainer.adapters.database import Database, SqlJobStore
 from mlbus.trainer.adapters.datasets import DatasetStager, code_version
 from mlbus.trainer.adapters.process import ChildProcess, child_env
@@ -89,6 +90,7 @@ class TrainerApp(ServiceApp):
             self.store,
             stager=DatasetStager(self.objects),
             artifacts=StoreArtifacts(self.objects),
+            checkpoints=StoreCheckpoints(self.objects),
             registrar=self.registrar,
             launcher=launch,
             make_event=make_event,
@@ -103,6 +105,7 @@ class TrainerApp(ServiceApp):
                 max_log_line_chars=settings.max_log_line_chars,
                 mlbus_version=version,
                 max_categories=settings.max_categories,
+                checkpoint_sync_interval_s=settings.checkpoint_sync_interval_s,
             ),
         )
         self.scheduler = Scheduler(

@@ -97,6 +97,25 @@ class Artifacts(Protocol):
     async def put_output(self, base_uri: str, name: str, path: Path) -> dict[str, Any]: ...
 
 
+class CheckpointMirror(Protocol):
+    """A job's local checkpoint directory and its copy that outlives the attempt."""
+
+    @property
+    def uri(self) -> str: ...
+
+    async def restore(self) -> int: ...
+
+    async def sync(self) -> int: ...
+
+
+class Checkpoints(Protocol):
+    """Where jobs' checkpoints are kept between attempts."""
+
+    def mirror(self, job_id: str, local: Path) -> CheckpointMirror: ...
+
+    async def discard(self, job_id: str) -> None: ...
+
+
 class Registrar(Protocol):
     """Registers a trained model; raises an error whose message is the job's reason."""
 

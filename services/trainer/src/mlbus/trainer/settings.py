@@ -62,6 +62,8 @@ class TrainerSettings(ServiceSettings):
     """How often the watchdog measures a running job's memory."""
     stop_grace_s: float = Field(default=10.0, ge=0)
     """After SIGTERM (StopJob, a limit), how long a job may take to exit before SIGKILL."""
+    checkpoint_sync_interval_s: float = Field(default=10.0, gt=0)
+    """How often a running job's checkpoint directory (MLBUS_CHECKPOINT_DIR) is copied to the object store, from where a re-run of the job restores it; what changed after the last copy is lost if the trainer dies."""
 
     # --- results -------------------------------------------------------------------------
     parity_atol: float = Field(default=1e-4, ge=0)

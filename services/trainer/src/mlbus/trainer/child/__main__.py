@@ -39,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     _die_with_trainer()
     task = Task.load(Path(args[0]))
     work_dir = Path(task.work_dir)
+    if task.checkpoint_dir:
+        # User code finds its checkpoint directory here (restored from an earlier attempt).
+        Path(task.checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        os.environ["MLBUS_CHECKPOINT_DIR"] = task.checkpoint_dir
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if task.kind == "PROCESSING":

@@ -54,6 +54,9 @@ class TrainingData:
     report: Any = field(default=None, repr=False)
     categorical: list[str] = field(default_factory=list)
     encoded_features: list[str] = field(default_factory=list)
+    #: The job's checkpoint directory (also ``$MLBUS_CHECKPOINT_DIR``): files left there
+    #: by an earlier attempt of the job are there again when it is run again.
+    checkpoint_dir: str = ""
 
 
 def split(

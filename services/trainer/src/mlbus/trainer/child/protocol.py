@@ -50,6 +50,8 @@ class Task:
     dataset_sha256: str = ""
     #: One-hot columns per categorical feature at most (the most frequent categories).
     max_categories: int = 50
+    #: The job's checkpoint directory (MLBUS_CHECKPOINT_DIR), kept between attempts.
+    checkpoint_dir: str = ""
 
     def save(self, path: Path) -> None:
         """Write the task file."""

@@ -87,6 +87,7 @@ def run_training(task: Task) -> Result:
             report=custom_report,
             categorical=list(encoder.categorical),
             encoded_features=list(encoder.encoded_features),
+            checkpoint_dir=task.checkpoint_dir,
         )
         say(f"training custom algorithm from {task.script_path}")
         estimator = training.custom_train(task.script_path, training_data, hyperparameters)

@@ -31,7 +31,15 @@ from mlbus.trainer.domain.models import (
     LogLine,
     utcnow,
 )
-from mlbus.trainer.ports import Artifacts, JobStore, MakeEvent, Registrar, Stager
+from mlbus.trainer.ports import (
+    Artifacts,
+    CheckpointMirror,
+    Checkpoints,
+    JobStore,
+    MakeEvent,
+    Registrar,
+    Stager,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +71,7 @@ class ExecutorConfig:
     max_log_line_chars: int
     mlbus_version: str
     max_categories: int = 50
+    checkpoint_sync_interval_s: float = 10.0
 
 
 @dataclass
@@ -165,6 +174,7 @@ class Executor:
         *,
         stager: Stager,
         artifacts: Artifacts,
+        checkpoints: Checkpoints,
         registrar: Registrar,
         launcher: Launcher,
         make_event: MakeEvent,
@@ -174,6 +184,7 @@ class Executor:
         self.store = store
         self.stager = stager
         self.artifacts = artifacts
+        self.checkpoints = checkpoints
         self.registrar = registrar
         self.launcher = launcher
         self.make_event = make_event
@@ -258,7 +269,33 @@ class Executor:
             # A job stopped or failed midway keeps the metrics it reported per iteration
             # (e.g. a trial stopped early: the curve that got it stopped).
             result = JobResult(history=dict(running.history))
-        return await self.finish(started, status, reason, result)
+        ended = await self.finish(started, status, reason, result)
+        if ended is not None:
+            await self.discard_checkpoints(job.job_id)
+        return ended
+
+    async def discard_checkpoints(self, job_id: str) -> None:
+        """Delete the kept checkpoints of a job that has ended (no attempt will need them)."""
+        try:
+            await self.checkpoints.discard(job_id)
+        except Exception:
+            log.exception("deleting the checkpoints of job %s failed", job_id)
+
+    async def _sync_checkpoints(self, mirror: CheckpointMirror, logs: LogWriter) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(self.config.checkpoint_sync_interval_s)
+            try:
+                await mirror.sync()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not failing:
+                    logs.write(f"[mlbus] copying the checkpoints to {mirror.uri} failed: {exc}")
+                    log.warning("job %s: copying its checkpoints failed: %s", logs.job_id, exc)
+                failing = True
+            else:
+                failing = False
 
     async def _run_in(
         self, job: Job, running: RunningJob, work: Path, logs: LogWriter
@@ -282,6 +319,18 @@ class Executor:
                 return JobStatus.STOPPED, running.stop_reason, None
             return JobStatus.FAILED, str(exc), None
         logs.write(f"input {spec.input_uri} (sha256 {staged.sha256})")
+        checkpoint_dir = work / "checkpoints"
+        mirror = self.checkpoints.mirror(job.job_id, checkpoint_dir)
+        try:
+            restored = await mirror.restore()
+        except Exception as exc:
+            logs.write(f"[mlbus] restoring the checkpoints from {mirror.uri} failed: {exc}")
+        else:
+            if restored:
+                logs.write(
+                    f"[mlbus] checkpoints: {restored} file(s) of an earlier attempt restored "
+                    f"from {mirror.uri}"
+                )
         output_dir = work / "output"
         task = Task(
             job_id=job.job_id,
@@ -302,6 +351,7 @@ class Executor:
             dataset_uri=spec.input_uri,
             dataset_sha256=staged.sha256,
             max_categories=self.config.max_categories,
+            checkpoint_dir=str(checkpoint_dir),
         )
         task_file = work / "task.json"
         task.save(task_file)
@@ -331,7 +381,21 @@ class Executor:
         running.process = process
         if running.stop_reason:
             process.stop(running.stop_reason)
-        outcome = await process.run()
+        syncing = asyncio.create_task(
+            self._sync_checkpoints(mirror, logs), name=f"mlbus-trainer-checkpoints-{job.job_id}"
+        )
+        try:
+            outcome = await process.run()
+        finally:
+            syncing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await syncing
+        if running.abandoned:
+            # The trainer is shutting down: the job runs again later, from these files.
+            try:
+                await mirror.sync()
+            except Exception as exc:
+                log.warning("job %s: copying its checkpoints failed: %s", job.job_id, exc)
         logs.write(
             f"[mlbus] process ended ({_signal_name(outcome.returncode)}) after "
             f"{outcome.runtime_s:.1f}s, peak memory {outcome.peak_rss_bytes / 2**20:.0f} MiB"

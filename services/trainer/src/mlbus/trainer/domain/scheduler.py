@@ -232,3 +232,4 @@ class Scheduler:
         )
         if failed is not None:
             log.warning("job %s FAILED: %s", job.job_id, reason)
+            await self.executor.discard_checkpoints(job.job_id)
