@@ -33,7 +33,7 @@ async def test_changes_are_copied_and_a_later_attempt_gets_them_back(tmp_path: P
         assert keys == ["trainer-checkpoints/job-1/model.bin"]
 
         again = checkpoints.mirror("job-1", tmp_path / "attempt-2")
-        assert again.uri == store.uri_for("trainer-checkpoints/job-1/x")[:-1]
+        assert again.uri == store.uri_for_prefix("trainer-checkpoints/job-1/")
         assert await again.restore() == 1
         assert sorted(os.listdir(tmp_path / "attempt-2")) == ["model.bin"]
         assert (tmp_path / "attempt-2" / "model.bin").read_bytes() == b"weights 2, longer"

@@ -66,7 +66,7 @@ class CheckpointMirror:
     @property
     def uri(self) -> str:
         """Where the copy is (the store's URI of the prefix)."""
-        return self.store.uri_for(self.prefix + "x")[:-1]
+        return self.store.uri_for_prefix(self.prefix)
 
     async def restore(self) -> int:
         """Create the local directory with the stored files in it; how many there were."""
