@@ -101,7 +101,7 @@ def test_only_categorical_columns_and_names_that_are_not_identifiers() -> None:
         ),
         (
             lambda f: f.assign(x=f["x"].astype(str)),
-            "validation: column 'x' is not numeric (str), but it is in the training data",
+            "validation: column 'x' is not numeric (str), but it is numeric in the training data",
         ),
     ],
 )

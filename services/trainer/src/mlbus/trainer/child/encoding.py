@@ -126,8 +126,8 @@ class Encoder:
             _check_kind(column, name, what)
             if not is_numeric(column):
                 raise JobFailed(
-                    f"{what}: column {name!r} is not numeric ({column.dtype}), but it is in the "
-                    "training data"
+                    f"{what}: column {name!r} is not numeric ({column.dtype}), but it is "
+                    "numeric in the training data"
                 )
             values = column.to_numpy(dtype=np.float64)
             out[name] = values.astype(np.float32).astype(np.float64) if float32 else values
