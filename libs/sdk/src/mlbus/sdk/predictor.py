@@ -117,10 +117,11 @@ def _as_input(value: Any, spec: TensorInfo) -> np.ndarray:
         if array.dtype != target:
             array = array.astype(target)
     rank = len(spec.shape)
-    if rank == array.ndim + 1 and rank >= 2:
-        array = array.reshape((1, *array.shape))
-    elif rank == 2 and array.ndim == 1 and spec.shape[1] == 1:
+    if rank == 2 and array.ndim == 1 and spec.shape[1] == 1:
+        # [-1, 1]: one value per row, so n values are n rows (a frame's column, say).
         array = array.reshape((-1, 1))
+    elif rank == array.ndim + 1 and rank >= 2:
+        array = array.reshape((1, *array.shape))
     if array.ndim != rank:
         raise InvalidArgument(
             f"input {spec.name!r}: expected {rank} dimensions {list(spec.shape)}, "
@@ -159,7 +160,14 @@ def build_request(
                     f"frame columns: endpoint {endpoint!r} needs one column per input "
                     f"({', '.join(input_names)}); missing {', '.join(missing)}"
                 )
-            named = {name: data[name] for name in input_names}
+            # A column per input: the frame's rows are the batch, so a rank-2 input gets
+            # its column as [n, 1].
+            named = {}
+            for name in input_names:
+                column = data[name].to_numpy()
+                if len(info.input(name).shape) == 2 and column.ndim == 1:
+                    column = column.reshape((-1, 1))
+                named[name] = column
     else:
         if len(info.inputs) != 1:
             raise InvalidArgument(
