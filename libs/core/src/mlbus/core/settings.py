@@ -102,7 +102,7 @@ class TelemetrySettings(BaseSettings):
     )
 
     traces_exporter: Literal["none", "console", "otlp"] = "none"
-    """Where spans go: nowhere, stderr, or OTLP (endpoint from OTEL_EXPORTER_OTLP_ENDPOINT)."""
+    """Where spans go: OTLP (endpoint from OTEL_EXPORTER_OTLP_ENDPOINT), stderr (console), or nowhere (none: spans are not recorded, but the trace context a request brings still propagates to the services and topics it reaches)."""
     metrics_exporter: Literal["none", "prometheus", "console", "otlp"] = "prometheus"
     """Where metrics go; prometheus serves text on the service's metrics port."""
     sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
