@@ -167,7 +167,7 @@ class AsyncInferenceService:
         store = self.store
         content_type = _media_type(request.input_content_type)
         rows_kind = ROWS_CONTENT_TYPES.get(content_type)
-        if which == "request" and request.input_content_type:
+        if which == "request" and rows_kind is not None:
             raise InvalidArgument(
                 f"input_content_type {request.input_content_type!r}: applies to input_uri only "
                 "(an inline request is a v2 ModelInferRequest; a file of rows goes in "
@@ -182,11 +182,8 @@ class AsyncInferenceService:
                 "rows: only for a file of rows at input_uri (input_content_type one of "
                 f"{', '.join(ROWS_CONTENT_TYPES)})"
             )
-        found = (
-            self._transform.find(internal_job_id(endpoint, inference_id))
-            if (self._transform is not None)
-            else None
-        )
+        transform = self._transform
+        found = transform.find(internal_job_id(endpoint, inference_id)) if transform else None
         if found is not None and found[1].internal is not None:
             # The id names a rows inference already: the same job, whatever this call asks.
             return self._rows_response(inference_id, found[0].job_id, found[1].internal)
