@@ -362,7 +362,7 @@ class AsyncInferenceService:
             batch_strategy=rpb.BATCH_STRATEGY_MULTI_RECORD,
             max_records_per_batch=rows.max_records_per_batch,
             records_per_chunk=per_chunk,
-            output_uri=store.uri_for(prefix + "x")[:-1],
+            output_uri=store.uri_for_prefix(prefix),
             input_filter=rows.input_filter,
             job_id=job_id,
         )
