@@ -5,9 +5,11 @@ asynchronous requests (which wait in the topic) — nothing is lost in between."
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 
@@ -166,3 +168,60 @@ async def test_queue_depth_counts_unhandled_records(stack: Any) -> None:
         assert await probe.depth(endpoint) == 7 - sent_to_zero
     finally:
         await probe.close()
+
+
+async def test_list_deployments_shows_workers_scaling_and_errors(
+    stack: Any, endpoint_name: str
+) -> None:
+    """The controller's view over the API and `mlbus deployments` (SRE's view)."""
+    from click.testing import CliRunner
+    from google.protobuf import json_format
+
+    from mlbus.sdk.cli import cli
+
+    version = await stack.model(endpoint_name, seed=53)
+    await stack.create(
+        endpoint_name,
+        [
+            {
+                "name": "main",
+                "model_group": endpoint_name,
+                "model_version": version,
+                "scale_to_zero_after_seconds": 600,
+            }
+        ],
+    )
+    stub = rpb_grpc.RouterServiceStub(stack.channel)
+    reply = await stub.ListDeployments(rpb.ListDeploymentsRequest(endpoint=endpoint_name))
+    [d] = reply.deployments
+    assert (d.endpoint, d.status, d.applied_revision) == (endpoint_name, "serving", 1)
+    [w] = d.workers
+    assert (w.variant, w.model_version, w.state) == ("main", version, "ready")
+    assert w.pid > 0
+    assert w.address.startswith("127.0.0.1:")
+    [s] = d.scaling
+    assert (s.variant, s.scale_to_zero_after_seconds, s.instances) == ("main", 600, 1)
+    assert not s.scaled_to_zero
+    everything = await stub.ListDeployments(rpb.ListDeploymentsRequest())
+    assert endpoint_name in [e.endpoint for e in everything.deployments]
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.ListDeployments(rpb.ListDeploymentsRequest(endpoint="no-such-endpoint"))
+    assert info.value.code() is grpc.StatusCode.NOT_FOUND
+    assert "no-such-endpoint" in (info.value.details() or "")
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(cli, ["deployments", *args, "--router", stack.router_target])
+
+    shown = await asyncio.to_thread(run, endpoint_name)
+    assert shown.exit_code == 0, shown.output
+    assert endpoint_name in shown.output
+    assert "ready" in shown.output
+    assert "scales to zero after 600s idle" in shown.output
+    as_json = await asyncio.to_thread(run, endpoint_name, "--json")
+    assert as_json.exit_code == 0, as_json.output
+    loaded = json.loads(as_json.output)
+    assert loaded[0]["workers"][0]["pid"] == str(w.pid)  # int64 in JSON: a string
+    json_format.ParseDict(loaded[0], rpb.Deployment())  # the JSON is the message's form
+    missing = await asyncio.to_thread(run, "no-such-endpoint")
+    assert missing.exit_code != 0
+    assert "NOT_FOUND" in missing.output

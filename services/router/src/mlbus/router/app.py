@@ -61,11 +61,6 @@ class RouterApp(ServiceApp):
             max_timeout_s=settings.async_max_timeout_s,
         )
         self.transform = TransformService(self.table, self.producer, self.catalogue)
-        self.server.add_service(
-            router_pb2_grpc.add_RouterServiceServicer_to_server,
-            RouterServicer(self.async_service, self.transform),
-            ROUTER_SERVICE_NAME,
-        )
         self._store: ObjectStore | None = None
         self.on_start(self._open_store)
         # Workers inherit this process's environment (PATH, virtualenv), then the router's
@@ -94,6 +89,11 @@ class RouterApp(ServiceApp):
             ),
             metrics=self.metrics,
             queue_depth=self.queue_depth,
+        )
+        self.server.add_service(
+            router_pb2_grpc.add_RouterServiceServicer_to_server,
+            RouterServicer(self.async_service, self.transform, self.controller),
+            ROUTER_SERVICE_NAME,
         )
         self.source: RegistrySource | None = None
         if settings.controller_enabled:

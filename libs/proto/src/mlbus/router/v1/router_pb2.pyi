@@ -734,3 +734,187 @@ class AsyncRowsProgress(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AsyncRowsProgress: _TypeAlias = AsyncRowsProgress  # noqa: Y015
+
+@_typing.final
+class ListDeploymentsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    endpoint: _builtins.str
+    """Only this endpoint; empty: every endpoint the controller knows."""
+    def __init__(
+        self,
+        *,
+        endpoint: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeploymentsRequest: _TypeAlias = ListDeploymentsRequest  # noqa: Y015
+
+@_typing.final
+class ListDeploymentsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def deployments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Deployment]: ...
+    def __init__(
+        self,
+        *,
+        deployments: _abc.Iterable[Global___Deployment] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployments", b"deployments"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDeploymentsResponse: _TypeAlias = ListDeploymentsResponse  # noqa: Y015
+
+@_typing.final
+class Deployment(_message.Message):
+    """One endpoint as the deployment controller sees it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    DESIRED_REVISION_FIELD_NUMBER: _builtins.int
+    APPLIED_REVISION_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    WORKERS_FIELD_NUMBER: _builtins.int
+    SCALING_FIELD_NUMBER: _builtins.int
+    QUEUE_DEPTH_FIELD_NUMBER: _builtins.int
+    endpoint: _builtins.str
+    desired_revision: _builtins.int
+    """Revision of the newest configuration received, and of the one routed now (0: none)."""
+    applied_revision: _builtins.int
+    status: _builtins.str
+    """pending, deploying, serving, "serving (update failed)", blocked, failed, deleted."""
+    error: _builtins.str
+    """Why it is not serving as asked (failed rollout, rejected version); empty otherwise."""
+    queue_depth: _builtins.int
+    """Records queued for the endpoint's workers (async requests and batch chunks) at the
+    last look; -1 when unknown or not watched (no variant scales to zero).
+    """
+    @_builtins.property
+    def workers(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeploymentWorker]: ...
+    @_builtins.property
+    def scaling(self) -> _containers.RepeatedCompositeFieldContainer[Global___VariantScaling]:
+        """Variants that scale to zero."""
+
+    def __init__(
+        self,
+        *,
+        endpoint: _builtins.str = ...,
+        desired_revision: _builtins.int = ...,
+        applied_revision: _builtins.int = ...,
+        status: _builtins.str = ...,
+        error: _builtins.str = ...,
+        workers: _abc.Iterable[Global___DeploymentWorker] | None = ...,
+        scaling: _abc.Iterable[Global___VariantScaling] | None = ...,
+        queue_depth: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_revision", b"applied_revision", "desired_revision", b"desired_revision", "endpoint", b"endpoint", "error", b"error", "queue_depth", b"queue_depth", "scaling", b"scaling", "status", b"status", "workers", b"workers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Deployment: _TypeAlias = Deployment  # noqa: Y015
+
+@_typing.final
+class DeploymentWorker(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
+    MODEL_GROUP_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    OUTSTANDING_FIELD_NUMBER: _builtins.int
+    RESTARTS_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """<endpoint>/<variant>/<n>."""
+    variant: _builtins.str
+    model_group: _builtins.str
+    model_version: _builtins.int
+    shadow: _builtins.bool
+    state: _builtins.str
+    """starting, ready, draining, stopped, failed."""
+    address: _builtins.str
+    """host:port of its gRPC server, and its process id (0 before it started)."""
+    pid: _builtins.int
+    outstanding: _builtins.int
+    """Requests forwarded to it and not answered yet."""
+    restarts: _builtins.int
+    """Replacements after quick crashes (resets once it lived a minute)."""
+    error: _builtins.str
+    """Why it failed or did not start; empty otherwise."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        variant: _builtins.str = ...,
+        model_group: _builtins.str = ...,
+        model_version: _builtins.int = ...,
+        shadow: _builtins.bool = ...,
+        state: _builtins.str = ...,
+        address: _builtins.str = ...,
+        pid: _builtins.int = ...,
+        outstanding: _builtins.int = ...,
+        restarts: _builtins.int = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "error", b"error", "id", b"id", "model_group", b"model_group", "model_version", b"model_version", "outstanding", b"outstanding", "pid", b"pid", "restarts", b"restarts", "shadow", b"shadow", "state", b"state", "variant", b"variant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeploymentWorker: _TypeAlias = DeploymentWorker  # noqa: Y015
+
+@_typing.final
+class VariantScaling(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VARIANT_FIELD_NUMBER: _builtins.int
+    SCALE_TO_ZERO_AFTER_SECONDS_FIELD_NUMBER: _builtins.int
+    INSTANCES_FIELD_NUMBER: _builtins.int
+    SCALED_TO_ZERO_FIELD_NUMBER: _builtins.int
+    SCALING_UP_FIELD_NUMBER: _builtins.int
+    SCALE_UPS_FIELD_NUMBER: _builtins.int
+    SCALE_DOWNS_FIELD_NUMBER: _builtins.int
+    variant: _builtins.str
+    scale_to_zero_after_seconds: _builtins.float
+    instances: _builtins.int
+    scaled_to_zero: _builtins.bool
+    scaling_up: _builtins.bool
+    scale_ups: _builtins.int
+    scale_downs: _builtins.int
+    def __init__(
+        self,
+        *,
+        variant: _builtins.str = ...,
+        scale_to_zero_after_seconds: _builtins.float = ...,
+        instances: _builtins.int = ...,
+        scaled_to_zero: _builtins.bool = ...,
+        scaling_up: _builtins.bool = ...,
+        scale_ups: _builtins.int = ...,
+        scale_downs: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instances", b"instances", "scale_downs", b"scale_downs", "scale_to_zero_after_seconds", b"scale_to_zero_after_seconds", "scale_ups", b"scale_ups", "scaled_to_zero", b"scaled_to_zero", "scaling_up", b"scaling_up", "variant", b"variant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VariantScaling: _TypeAlias = VariantScaling  # noqa: Y015

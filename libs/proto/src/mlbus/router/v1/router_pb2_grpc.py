@@ -64,6 +64,11 @@ class RouterServiceStub:
                 request_serializer=mlbus_dot_router_dot_v1_dot_router__pb2.StopTransformJobRequest.SerializeToString,
                 response_deserializer=mlbus_dot_router_dot_v1_dot_router__pb2.StopTransformJobResponse.FromString,
                 _registered_method=True)
+        self.ListDeployments = channel.unary_unary(
+                '/mlbus.router.v1.RouterService/ListDeployments',
+                request_serializer=mlbus_dot_router_dot_v1_dot_router__pb2.ListDeploymentsRequest.SerializeToString,
+                response_deserializer=mlbus_dot_router_dot_v1_dot_router__pb2.ListDeploymentsResponse.FromString,
+                _registered_method=True)
 
 
 class RouterServiceServicer:
@@ -113,6 +118,15 @@ class RouterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDeployments(self, request, context):
+        """What this router's deployment controller runs: per endpoint, the revision asked for
+        and the one routed, its status (and why it is not serving), every worker and, for
+        variants that scale to zero, their scaling state and the queue depth.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +159,11 @@ def add_RouterServiceServicer_to_server(servicer, server):
                     servicer.StopTransformJob,
                     request_deserializer=mlbus_dot_router_dot_v1_dot_router__pb2.StopTransformJobRequest.FromString,
                     response_serializer=mlbus_dot_router_dot_v1_dot_router__pb2.StopTransformJobResponse.SerializeToString,
+            ),
+            'ListDeployments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeployments,
+                    request_deserializer=mlbus_dot_router_dot_v1_dot_router__pb2.ListDeploymentsRequest.FromString,
+                    response_serializer=mlbus_dot_router_dot_v1_dot_router__pb2.ListDeploymentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -309,6 +328,33 @@ class RouterService:
             '/mlbus.router.v1.RouterService/StopTransformJob',
             mlbus_dot_router_dot_v1_dot_router__pb2.StopTransformJobRequest.SerializeToString,
             mlbus_dot_router_dot_v1_dot_router__pb2.StopTransformJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeployments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlbus.router.v1.RouterService/ListDeployments',
+            mlbus_dot_router_dot_v1_dot_router__pb2.ListDeploymentsRequest.SerializeToString,
+            mlbus_dot_router_dot_v1_dot_router__pb2.ListDeploymentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,11 @@ class RouterServiceStub:
     ListTransformJobs: _grpc.UnaryUnaryMultiCallable[_router_pb2.ListTransformJobsRequest, _router_pb2.ListTransformJobsResponse]
     StopTransformJob: _grpc.UnaryUnaryMultiCallable[_router_pb2.StopTransformJobRequest, _router_pb2.StopTransformJobResponse]
     """Stop a job: chunks not yet started are skipped; the job ends STOPPED."""
+    ListDeployments: _grpc.UnaryUnaryMultiCallable[_router_pb2.ListDeploymentsRequest, _router_pb2.ListDeploymentsResponse]
+    """What this router's deployment controller runs: per endpoint, the revision asked for
+    and the one routed, its status (and why it is not serving), every worker and, for
+    variants that scale to zero, their scaling state and the queue depth.
+    """
 
 @_typing.type_check_only
 class RouterServiceAsyncStub(RouterServiceStub):
@@ -69,6 +74,11 @@ class RouterServiceAsyncStub(RouterServiceStub):
     ListTransformJobs: _aio.UnaryUnaryMultiCallable[_router_pb2.ListTransformJobsRequest, _router_pb2.ListTransformJobsResponse]  # type: ignore[assignment]
     StopTransformJob: _aio.UnaryUnaryMultiCallable[_router_pb2.StopTransformJobRequest, _router_pb2.StopTransformJobResponse]  # type: ignore[assignment]
     """Stop a job: chunks not yet started are skipped; the job ends STOPPED."""
+    ListDeployments: _aio.UnaryUnaryMultiCallable[_router_pb2.ListDeploymentsRequest, _router_pb2.ListDeploymentsResponse]  # type: ignore[assignment]
+    """What this router's deployment controller runs: per endpoint, the revision asked for
+    and the one routed, its status (and why it is not serving), every worker and, for
+    variants that scale to zero, their scaling state and the queue depth.
+    """
 
 class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -122,5 +132,16 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_router_pb2.StopTransformJobResponse, _abc.Awaitable[_router_pb2.StopTransformJobResponse]]:
         """Stop a job: chunks not yet started are skipped; the job ends STOPPED."""
+
+    @_abc_1.abstractmethod
+    def ListDeployments(
+        self,
+        request: _router_pb2.ListDeploymentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_router_pb2.ListDeploymentsResponse, _abc.Awaitable[_router_pb2.ListDeploymentsResponse]]:
+        """What this router's deployment controller runs: per endpoint, the revision asked for
+        and the one routed, its status (and why it is not serving), every worker and, for
+        variants that scale to zero, their scaling state and the queue depth.
+        """
 
 def add_RouterServiceServicer_to_server(servicer: RouterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

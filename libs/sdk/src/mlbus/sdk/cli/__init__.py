@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from mlbus.sdk.cli.demo import demo
+from mlbus.sdk.cli.deployments import deployments
 from mlbus.sdk.cli.endpoints import endpoints
 from mlbus.sdk.cli.experiments import experiments
 from mlbus.sdk.cli.jobs import jobs
@@ -28,6 +29,7 @@ for command in (
     health,
     models,
     endpoints,
+    deployments,
     predict,
     invoke_async,
     async_result,
