@@ -91,6 +91,27 @@ async def test_insert_claim_transition_and_events(store: SqlJobStore) -> None:
     assert await store.renew(holder, ["a"], lease) == {"a"}
 
 
+async def test_an_ended_job_keeps_its_status(store: SqlJobStore) -> None:
+    await store.insert(job("done"))
+    lease = datetime.now(UTC) + timedelta(seconds=30)
+    assert await store.claim("done", "t1", lease) is not None
+    for before, after in (
+        (JobStatus.PENDING, JobStatus.RUNNING),
+        (JobStatus.RUNNING, JobStatus.COMPLETED),
+    ):
+        assert await store.transition("done", expect=[before], holder="t1", status=after)
+    # A stop that comes late finds nothing to change.
+    assert await store.request_stop("done", "stopped by bob") is None
+    assert (
+        await store.transition("done", expect=[JobStatus.RUNNING], status=JobStatus.STOPPED) is None
+    )
+    with pytest.raises(ValueError, match="a transition from COMPLETED was asked for"):
+        await store.transition("done", expect=[JobStatus.COMPLETED], status=JobStatus.STOPPED)
+    stored = await store.get("done")
+    assert stored is not None
+    assert (stored.status, stored.reason, stored.stop_requested) == (JobStatus.COMPLETED, "", False)
+
+
 async def test_pages_newest_first_and_logs(store: SqlJobStore) -> None:
     for i in range(5):
         await store.insert(job(f"j{i}", minute=i))

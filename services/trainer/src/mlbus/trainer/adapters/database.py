@@ -317,7 +317,16 @@ class SqlJobStore:
     ) -> Job | None:
         """Apply ``changes`` to the job if its status is one of ``expect`` (and, with
         ``holder``, that replica holds it); the job after, or None if it did not match.
-        ``event`` builds the status event from the job after; it goes to the outbox."""
+        ``event`` builds the status event from the job after; it goes to the outbox.
+
+        Only PENDING and RUNNING jobs change: a job that ended (COMPLETED, FAILED, STOPPED)
+        keeps its status and result, whatever comes late (a stop request, a recovery)."""
+        ended = [s.value for s in expect if s.terminal]
+        if ended:
+            raise ValueError(
+                f"job {job_id}: a transition from {', '.join(ended)} was asked for; "
+                "expected PENDING or RUNNING (a job that ended keeps its status)"
+            )
         values = {k: (_utc(v) if isinstance(v, datetime) else v) for k, v in changes.items()}
         if "status" in values and isinstance(values["status"], JobStatus):
             values["status"] = values["status"].value

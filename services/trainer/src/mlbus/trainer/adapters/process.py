@@ -5,6 +5,11 @@ Memory is the resident set size of the child's whole process tree (psutil), meas
 ``memory_check_interval_s``; a tree past its limit is killed at once (SIGKILL), since it
 would only grow during a grace period. The time limit and StopJob send SIGTERM to the
 process group, then SIGKILL once the grace period is over.
+
+A stop (or the time limit) that comes once the child has exited changes nothing: the
+outcome is how the child ended. "Exited" includes a child that is a zombie not reaped yet,
+or reaped but not yet seen by the event loop, so a StopJob racing a job's last moments
+cannot turn a finished job into a stopped one.
 """
 
 from __future__ import annotations
@@ -92,8 +97,23 @@ class ChildProcess:
         return None if self._process is None else self._process.pid
 
     def stop(self, reason: str) -> None:
-        """Ask the child to stop: SIGTERM now, SIGKILL after the grace period."""
+        """Ask the child to stop: SIGTERM now, SIGKILL after the grace period. Nothing
+        happens once the child has exited (see the module docstring)."""
         self._terminate("stop", reason, kill=False)
+
+    def _exited(self) -> bool:
+        """Whether the started child has ended, even if nobody has reaped it yet."""
+        process = self._process
+        if process is None:
+            return False
+        if process.returncode is not None:
+            return True
+        try:
+            # WNOWAIT: look without reaping; asyncio's child watcher still collects it.
+            state = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True  # reaped already; the event loop has not been told yet
+        return state is not None
 
     def _signal(self, sig: signal.Signals) -> None:
         if self._process is None or self._process.returncode is not None:
@@ -101,8 +121,13 @@ class ChildProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._process.pid, sig)
 
-    def _terminate(self, cause: str, detail: str, *, kill: bool) -> None:
-        if not self._cause:
+    def _terminate(self, cause: str, detail: str, *, kill: bool, override: bool = False) -> None:
+        if self._exited():
+            # Too late: the child ended by itself, and that is its outcome. (A child that
+            # exits between this check and the signal is judged by its result: see
+            # mlbus.trainer.domain.executor.)
+            return
+        if override or not self._cause:
             self._cause, self._detail = cause, detail
         if kill:
             self._signal(signal.SIGKILL)
@@ -195,12 +220,12 @@ class ChildProcess:
             rss = await asyncio.to_thread(self._tree_rss, process.pid)
             self._peak = max(self._peak, rss)
             if rss > self.max_memory_bytes and self._cause != "memory":
-                self._cause = ""
                 self._terminate(
                     "memory",
                     f"memory limit exceeded: the job used {rss / MIB:.0f} MiB, more than its "
                     f"limit of {self.max_memory_bytes / MIB:.0f} MiB",
                     kill=True,
+                    override=True,
                 )
             self._wake.clear()
             with contextlib.suppress(TimeoutError):

@@ -263,7 +263,9 @@ class Executor:
         finally:
             await logs.close()
             await asyncio.to_thread(shutil.rmtree, work, True)
-        if running.abandoned:
+        if running.abandoned and status != JobStatus.COMPLETED:
+            # Left to be settled as interrupted; a job that completed meanwhile has its
+            # result (its model may be registered already) and is recorded as such.
             return None
         if result is None and running.history:
             # A job stopped or failed midway keeps the metrics it reported per iteration
@@ -401,10 +403,18 @@ class Executor:
             f"{outcome.runtime_s:.1f}s, peak memory {outcome.peak_rss_bytes / 2**20:.0f} MiB"
         )
         child = Result.load(work)
-        if outcome.cause == "stop":
+        finished = outcome.returncode == 0 and child is not None and child.ok
+        # A stop or a limit decides the outcome only if it cut the process short: one that
+        # finished with its result (the signal came as it exited) has COMPLETED.
+        if outcome.cause == "stop" and not finished:
             return JobStatus.STOPPED, running.stop_reason or outcome.detail, None
-        if outcome.cause in ("time", "memory"):
+        if outcome.cause in ("time", "memory") and not finished:
             return JobStatus.FAILED, outcome.detail, None
+        if running.stop_reason:
+            logs.write(
+                f"[mlbus] stop request ({running.stop_reason}) came too late: the job's process "
+                "had already ended, and the job ends as it did"
+            )
         if outcome.returncode == EXIT_MEMORY:
             return JobStatus.FAILED, child.reason if child else "memory limit exceeded", None
         if outcome.returncode != 0 or child is None or not child.ok:

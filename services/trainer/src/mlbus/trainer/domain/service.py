@@ -133,33 +133,37 @@ class TrainerService:
 
     async def stop(self, job_id: str, reason: str, actor: str) -> Job:
         """StopJob: a PENDING job is STOPPED at once; a RUNNING one gets SIGTERM (then SIGKILL
-        after the grace period) from its replica."""
-        job = await self.describe(job_id)
+        after the grace period) from its replica. A STOPPED job is returned as it is; one
+        that COMPLETED or FAILED (also while this request was on its way) is
+        FailedPrecondition, and keeps its status and result."""
         text = f"stopped by {actor}" + (f": {reason}" if reason else "")
-        if job.status == JobStatus.PENDING:
-            stopped = await self.store.transition(
-                job_id,
-                expect=[JobStatus.PENDING],
-                event=self.make_event,
-                status=JobStatus.STOPPED,
-                reason=text,
-                end_time=utcnow(),
-            )
-            if stopped is not None:
-                return stopped
+        # Each step is a conditional update; one that finds the job moved on (claimed,
+        # ended, re-queued) looks at it again.
+        for _ in range(5):
             job = await self.describe(job_id)
-        if job.status == JobStatus.RUNNING:
-            flagged = await self.store.request_stop(job_id, text)
-            running = self.scheduler.running.get(job_id)
-            if running is not None:
-                running.stop(text)
-            return flagged or await self.describe(job_id)
-        if job.status == JobStatus.STOPPED:
-            return job
-        raise FailedPrecondition(
-            f"job {job_id} is {job.status.value}; only PENDING or RUNNING jobs can be stopped",
-            details={"job_id": job_id, "status": job.status.value},
-        )
+            if job.status == JobStatus.PENDING:
+                stopped = await self.store.transition(
+                    job_id,
+                    expect=[JobStatus.PENDING],
+                    event=self.make_event,
+                    status=JobStatus.STOPPED,
+                    reason=text,
+                    end_time=utcnow(),
+                )
+                if stopped is not None:
+                    return stopped
+            elif job.status == JobStatus.RUNNING:
+                flagged = await self.store.request_stop(job_id, text)
+                if flagged is not None:
+                    running = self.scheduler.running.get(job_id)
+                    if running is not None:
+                        running.stop(text)
+                    return flagged
+            elif job.status == JobStatus.STOPPED:
+                return job
+            else:
+                raise _already_ended(job)
+        return await self.describe(job_id)
 
     async def logs(
         self, job_id: str, *, follow: bool, from_line: int
@@ -201,3 +205,14 @@ class TrainerService:
 
             runs.sort(key=key)
         return runs[:limit] if limit > 0 else runs
+
+
+def _already_ended(job: Job) -> FailedPrecondition:
+    """The error of StopJob on a job that COMPLETED or FAILED (like SageMaker's
+    StopTrainingJob, which refuses a job that is already Completed)."""
+    when = f" at {job.end_time.isoformat(timespec='seconds')}" if job.end_time else ""
+    return FailedPrecondition(
+        f"job {job.job_id} cannot be stopped: it already {job.status.value}{when}; "
+        "only a PENDING or RUNNING job can be stopped",
+        details={"job_id": job.job_id, "status": job.status.value},
+    )

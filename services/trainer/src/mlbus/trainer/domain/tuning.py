@@ -215,7 +215,9 @@ class TuningCoordinator:
                     progress = progress.model_copy(
                         update={"trials_completed": progress.trials_completed + 1}
                     )
-                elif child.pruned:
+                elif child.pruned and (ended is None or ended.status == JobStatus.STOPPED):
+                    # Pruned only if the early stop cut it short: a trial that completed or
+                    # failed first ended as it did.
                     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                     progress = progress.model_copy(
                         update={"trials_pruned": progress.trials_pruned + 1}
