@@ -65,3 +65,28 @@ async def test_a_stop_of_a_running_child_stops_it(tmp_path: Path) -> None:
     assert outcome.returncode == -signal.SIGTERM
     assert (outcome.cause, outcome.detail) == ("stop", "stopped by carol: enough")
     assert outcome.runtime_s < 5
+
+
+async def test_processes_the_job_left_behind_end_with_it(tmp_path: Path) -> None:
+    code = (
+        "import subprocess, sys\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        "print(p.pid, flush=True)\n"
+    )
+    lines: list[str] = []
+    process = child(tmp_path, code, lines.append)
+    outcome = await process.run()
+    assert outcome.returncode == 0
+    orphan = int(lines[0])
+    # Killed with the job's session; it is its own process, so poll until it is gone.
+    import asyncio
+
+    for _ in range(100):
+        try:
+            os.kill(orphan, 0)
+        except ProcessLookupError:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        os.kill(orphan, signal.SIGKILL)
+        raise AssertionError(f"process {orphan} the job started outlived it")

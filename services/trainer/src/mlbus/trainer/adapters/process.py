@@ -164,8 +164,10 @@ class ChildProcess:
             watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watchdog
-        # Whatever the child left behind in its session goes with it.
-        self._signal(signal.SIGKILL)
+        # Whatever the child left behind in its session goes with it (the group outlives
+        # its leader while members live; once it is empty there is nothing to signal).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(reader, timeout=5.0)
         if not reader.done():
