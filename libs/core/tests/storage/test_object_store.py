@@ -451,6 +451,24 @@ async def test_missing_object_is_not_found(backend: Backend) -> None:
         await store.read_bytes(uri)
 
 
+async def test_read_range(backend: Backend) -> None:
+    store = backend.store
+    data = payload(3 * MiB + 5)
+    ref = await store.put("ranges/a", data)
+    for offset, length in [(0, 10), (MiB - 3, MiB + 7), (len(data) - 4, 100), (len(data) + 9, 5)]:
+        assert await store.read_range(ref.uri, offset, length) == data[offset : offset + length]
+    assert await store.read_range(ref.uri, 7, 0) == b""
+    # The generic fallback (stores that cannot seek) reads the same bytes.
+    assert (
+        await ObjectStore.read_range(store, ref.uri, MiB - 3, MiB + 7)
+        == data[MiB - 3 : 2 * MiB + 4]
+    )
+    with pytest.raises(NotFound):
+        await store.read_range(store.uri_for("ranges/none"), 0, 10)
+    with pytest.raises(InvalidArgument):
+        await store.read_range(ref.uri, -1, 10)
+
+
 async def test_delete_is_idempotent(backend: Backend) -> None:
     store = backend.store
     ref = await store.put("tmp-results/a", b"a")

@@ -241,6 +241,99 @@ async def test_parquet_directory_input(stack: Any, endpoint_name: str) -> None:
         )
 
 
+async def test_parquet_chunk_files_and_csv_chunks_by_bytes(stack: Any, endpoint_name: str) -> None:
+    """A Parquet input of several row groups is cut into Parquet chunk files of the chunk's
+    rows only (across row-group boundaries), and the output keeps each row's values; a CSV
+    without records_per_chunk is cut by bytes, into byte ranges of the file itself."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    await deploy(stack, endpoint_name, seed=49)
+    stub = rpb_grpc.RouterServiceStub(stack.channel)
+    store = stack.router.transform.store
+    n = 3_000
+    x = csv_rows(n, seed=20)
+    table = pa.table(
+        {f"f{j}": x[:, j] for j in range(4)}
+        | {"key": list(range(n)), "name": [f"n{i}" for i in range(n)]}
+    )
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, row_group_size=500)
+    assert pq.ParquetFile(io.BytesIO(buffer.getvalue())).metadata.num_row_groups == 6
+    uri = await put(stack, f"pqrg/{endpoint_name}/rows.parquet", buffer.getvalue())
+    job = (
+        await stub.CreateTransformJob(
+            rpb.CreateTransformJobRequest(
+                spec=rpb.TransformJobSpec(
+                    endpoint=endpoint_name,
+                    input_uri=uri,
+                    output_uri=prefix_uri(store, f"pqrg-out/{endpoint_name}/"),
+                    input_filter="f0,f1,f2,f3",
+                    join_source=rpb.JOIN_SOURCE_INPUT,
+                    records_per_chunk=700,
+                )
+            ),
+            timeout=10,
+        )
+    ).job
+    job = await finished(stub, job.job_id)
+    assert job.status == rev.TRANSFORM_JOB_STATUS_COMPLETED, job.reason
+    assert (job.records_total, job.chunks_total) == (n, 5)
+    rows = [json.loads(line) for line in (await read(stack, job.outputs[0].uri)).splitlines()]
+    assert [(r["key"], r["name"]) for r in rows] == [(i, f"n{i}") for i in range(n)]
+    np.testing.assert_allclose(
+        np.array([r["prediction"]["y"] for r in rows], np.float32),
+        stack.reference(49, x),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    # What each worker read: a Parquet file of its chunk's rows, not the input.
+    chunk_files = sorted(
+        [
+            i.uri
+            async for i in store.list(f"transform/{job.job_id}/chunks/")
+            if i.uri.endswith(".in")
+        ]
+    )
+    assert len(chunk_files) == 5
+    first = 0
+    for chunk_uri in chunk_files:
+        data = await read(stack, chunk_uri)
+        assert len(data) < len(buffer.getvalue())
+        part = pq.read_table(io.BytesIO(data))
+        assert part.column("key").to_pylist() == list(range(first, min(first + 700, n)))
+        first += part.num_rows
+    assert first == n
+
+    # CSV, no records_per_chunk: at least 16 chunks of at least 64 KiB, read in place.
+    x = csv_rows(20_000, seed=21)
+    text = "a,b,c,d\n" + "\n".join(",".join(repr(float(v)) for v in r) for r in x) + "\n"
+    uri = await put(stack, f"pqrg/{endpoint_name}/rows.csv", text.encode())
+    job = (
+        await stub.CreateTransformJob(
+            rpb.CreateTransformJobRequest(
+                spec=rpb.TransformJobSpec(
+                    endpoint=endpoint_name,
+                    input_uri=uri,
+                    output_uri=prefix_uri(store, f"bytes-out/{endpoint_name}/"),
+                )
+            ),
+            timeout=10,
+        )
+    ).job
+    job = await finished(stub, job.job_id)
+    assert job.status == rev.TRANSFORM_JOB_STATUS_COMPLETED, job.reason
+    assert job.records_total == 20_000
+    assert 16 <= job.chunks_total <= len(text) // (64 * 1024) + 1
+    out = (await read(stack, job.outputs[0].uri)).decode().splitlines()
+    np.testing.assert_allclose(
+        np.array(out, dtype=np.float32), stack.reference(49, x).ravel(), rtol=1e-4, atol=1e-5
+    )
+    assert not [
+        i async for i in store.list(f"transform/{job.job_id}/chunks/") if i.uri.endswith(".in")
+    ]
+
+
 async def test_killed_worker_mid_job_loses_and_duplicates_nothing(
     stack: Any, endpoint_name: str
 ) -> None:

@@ -5,12 +5,16 @@ Everything of a job lives in the object store under ``transform/<job id>/``:
 
 * ``job.json`` — the :class:`JobManifest`: the spec, the input files and how they were
   cut into chunks (written by the router before any chunk is sent, updated as it goes);
-* ``chunks/<index>.in`` — a chunk's records: the input file's bytes from one line to
-  another (CSV without the header, JSON Lines), blank lines included (they are no records
-  but keep the line numbers of the records after them: the chunk's first line is line
-  ``first_record_index`` of the file, counted from 0 after any header), or nothing for a
-  Parquet chunk (it names a file and a row range). ``record_count`` counts the non-blank
-  lines;
+* a chunk's records: for CSV and JSON Lines split by line, whole lines of the input file
+  itself — the ``BatchChunkRequested`` names its byte range (``input_offset``,
+  ``input_length``) and the line index of its first line (``first_record_index``, counted
+  from 0 after any header), blank lines included (they are no records but keep the line
+  numbers of the records after them; ``record_count`` counts the non-blank lines); with
+  split type NONE, the whole file; for Parquet, ``chunks/<index>.in``: a Parquet file of
+  the chunk's rows (``first_record_index`` is the row of its first one in the input), so a
+  worker reads its chunk and never the whole file (a Parquet input of an asynchronous
+  inference is converted into CSV ``.in`` chunks instead). The input must not change while
+  the job runs (the router checks its size and modification time at the end);
 * ``chunks/<index>.out`` — the chunk's output lines, one per successful record, in order;
 * ``chunks/<index>.err`` — JSON Lines ``{"file", "line", "error"}`` of its failed records
   (only written when some failed);
@@ -80,6 +84,9 @@ class InputFile(BaseModel):
     first_chunk: int = -1
     chunk_count: int = 0
     records: int = 0
+    #: Size and modification time (epoch seconds) when the job was planned; 0: unknown.
+    size: int = 0
+    modified: float = 0.0
 
 
 class JobManifest(BaseModel):
@@ -92,7 +99,12 @@ class JobManifest(BaseModel):
     batch_strategy: Literal["multi_record", "single_record"] = "multi_record"
     max_payload_bytes: int = 6 * 1024 * 1024
     max_records_per_batch: int = 1000
+    #: Records per chunk when chunk_bytes is 0 (records_per_chunk given in the spec).
     records_per_chunk: int = 10_000
+    #: Chunks of about this many bytes of input (a line chunk ends with the first record
+    #: line that takes it to this size; a Parquet chunk has the rows of this many bytes of
+    #: the file); 0: records_per_chunk records each.
+    chunk_bytes: int = 0
     csv_header: bool = True
     input_filter: str = ""
     join_input: bool = False

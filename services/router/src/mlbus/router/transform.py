@@ -21,13 +21,13 @@ import asyncio
 import contextlib
 import csv
 import hashlib
-import io
 import json
 import logging
 import os
 import tempfile
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -55,6 +55,15 @@ log = logging.getLogger(__name__)
 SPLIT_BLOCK_BYTES = 1024 * 1024
 #: Chunks being written to the object store and published at once during a split.
 SPLIT_IN_FLIGHT = 4
+#: Default chunk size (records_per_chunk not given): about this many bytes of input, as
+#: SageMaker's MaxPayloadInMB. A chunk's fixed costs (a Kafka record, two or three objects
+#: written, a poll of the worker) are then small next to its parse: 10,000-record chunks of
+#: the benchmark's 222 MB CSV cost ~25 % more CPU than 8 MiB ones (~36,000 records).
+CHUNK_BYTES = 8 * 1024 * 1024
+#: ... but a smaller input still gives at least this many chunks (to spread over several
+#: workers), of at least MIN_CHUNK_BYTES.
+MIN_CHUNKS = 16
+MIN_CHUNK_BYTES = 64 * 1024
 #: Once the split is done and at most this many chunks are left, ``.done`` markers are
 #: looked for every FINAL_POLL_INTERVAL_S instead of every ``poll_interval_s``: the job's end
 #: is then seen (and the output assembled) sooner.
@@ -438,9 +447,15 @@ class TransformService:
         percent = spec.max_failure_percent if spec.HasField("max_failure_percent") else 100.0
         if not 0 <= percent <= 100:
             raise InvalidArgument(f"spec.max_failure_percent: expected 0-100, got {percent:g}")
-        per_chunk = spec.records_per_chunk or 10_000
-        if not 1 <= per_chunk <= 1_000_000:
+        per_chunk = spec.records_per_chunk
+        if per_chunk and not 1 <= per_chunk <= 1_000_000:
             raise InvalidArgument(f"spec.records_per_chunk: expected 1-1000000, got {per_chunk}")
+        total_bytes = sum(f.size for f in files)
+        chunk_bytes = (
+            0
+            if per_chunk
+            else min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, -(-total_bytes // MIN_CHUNKS)))
+        )
         manifest = tf.JobManifest(
             job_id=job_id,
             endpoint=endpoint,
@@ -453,7 +468,8 @@ class TransformService:
             ),
             max_payload_bytes=int((spec.max_payload_mb or 6.0) * 1024 * 1024),
             max_records_per_batch=spec.max_records_per_batch or 1000,
-            records_per_chunk=per_chunk,
+            records_per_chunk=per_chunk or 0,
+            chunk_bytes=chunk_bytes,
             csv_header=spec.csv_header if spec.HasField("csv_header") else True,
             input_filter=spec.input_filter,
             join_input=spec.join_source == rpb.JOIN_SOURCE_INPUT,
@@ -477,14 +493,26 @@ class TransformService:
             except NotFound:
                 info = None
         if info is not None:
-            return [tf.InputFile(name=uri.rstrip("/").rsplit("/", 1)[-1], uri=info.uri)]
+            return [
+                tf.InputFile(
+                    name=uri.rstrip("/").rsplit("/", 1)[-1],
+                    uri=info.uri,
+                    size=info.size,
+                    modified=info.modified.timestamp(),
+                )
+            ]
         try:
             prefix = store.key_for(uri.rstrip("/") + "/x")[:-1]
         except InvalidArgument as exc:
             raise InvalidArgument(f"spec.input_uri: {exc.message}") from None
         found = sorted([o async for o in store.list(prefix)], key=lambda o: o.uri)
         files = [
-            tf.InputFile(name=o.uri.rsplit("/", 1)[-1], uri=o.uri)
+            tf.InputFile(
+                name=o.uri.rsplit("/", 1)[-1],
+                uri=o.uri,
+                size=o.size,
+                modified=o.modified.timestamp(),
+            )
             for o in found
             if not o.uri.rsplit("/", 1)[-1].startswith(".")
         ]
@@ -594,35 +622,37 @@ class TransformService:
                 item.first_chunk = index
                 item.chunk_count = 0
                 item.records = 0
-                pieces: AsyncGenerator[tuple[int, int, bytes | None], None]
+                pieces: AsyncGenerator[Piece | None, None]
                 if internal is not None and internal.parquet_to_csv:
-                    pieces = self._parquet_csv_chunks(m, item, sha)
-                    # Its first item is a placeholder: the schema is in item.columns then.
-                    await anext(pieces, None)
+                    pieces = self._parquet_chunks(m, item, sha, as_csv=True)
+                elif m.content_type == tf.PARQUET:
+                    pieces = self._parquet_chunks(m, item, sha, as_csv=False)
                 else:
                     if m.content_type == tf.CSV and m.csv_header:
                         item.columns = await self._csv_header(item.uri)
                     pieces = self._chunks(m, item, sha)
-                await self._save_manifest(job)
                 async with contextlib.aclosing(pieces):
-                    async for first, count, data in pieces:
+                    if m.content_type == tf.PARQUET or (
+                        internal is not None and internal.parquet_to_csv
+                    ):
+                        # Its first item is a placeholder: the schema is in item.columns then.
+                        await anext(pieces, None)
+                    await self._save_manifest(job)
+                    async for piece in pieces:
                         if job.stop_requested.is_set():
                             break
+                        assert piece is not None
                         while len(in_flight) >= SPLIT_IN_FLIGHT:
                             done, in_flight = await asyncio.wait(
                                 in_flight, return_when=asyncio.FIRST_COMPLETED
                             )
                             for task in done:
                                 task.result()
-                        in_flight.add(
-                            asyncio.create_task(
-                                self._send_chunk(m, item, index, first, count, data)
-                            )
-                        )
+                        in_flight.add(asyncio.create_task(self._send_chunk(m, item, index, piece)))
                         index += 1
                         item.chunk_count += 1
-                        item.records += count
-                        records_total += count
+                        item.records += piece.count
+                        records_total += piece.count
                         m.chunks_total = index
                         m.records_total = records_total
             while in_flight:
@@ -641,20 +671,14 @@ class TransformService:
         )
 
     async def _send_chunk(
-        self,
-        m: tf.JobManifest,
-        item: tf.InputFile,
-        index: int,
-        first: int,
-        count: int,
-        data: bytes | None,
+        self, m: tf.JobManifest, item: tf.InputFile, index: int, piece: Piece
     ) -> None:
-        """Write a chunk's input (unless it is a part of a Parquet file) and publish it."""
+        """Write a chunk file (when the chunk is not a part of the input) and publish it."""
         ref: common_pb2.ObjectRef
-        if data is None:
+        if piece.data is None:
             ref = common_pb2.ObjectRef(uri=item.uri)
         else:
-            put = await self.store.put(tf.chunk_key(m.job_id, index, "in"), data)
+            put = await self.store.put(tf.chunk_key(m.job_id, index, "in"), piece.data)
             ref = common_pb2.ObjectRef(uri=put.uri, sha256=put.sha256, size_bytes=put.size)
         await self.producer.publish(
             self.catalogue.batch_chunks(m.endpoint),
@@ -662,9 +686,11 @@ class TransformService:
                 job_id=m.job_id,
                 chunk_index=index,
                 input=ref,
-                first_record_index=first,
-                record_count=count,
+                first_record_index=piece.first,
+                record_count=piece.count,
                 endpoint=m.endpoint,
+                input_offset=piece.offset,
+                input_length=piece.length,
             ),
             key=f"{m.job_id}/{index}",
             event_id=f"{m.job_id}/{index}",
@@ -672,26 +698,18 @@ class TransformService:
 
     async def _chunks(
         self, m: tf.JobManifest, item: tf.InputFile, sha256: str | None = None
-    ) -> AsyncGenerator[tuple[int, int, bytes | None], None]:
-        """(first record index in the file, record count, chunk bytes or None for Parquet).
-        With ``sha256`` the input is checked on the way (InvalidArgument at the end if it
-        differs: the job fails before it is assembled)."""
-        if m.content_type == tf.PARQUET:
-            from io import BytesIO
-
-            import pyarrow.parquet as pq
-
-            data = await self.store.read_bytes(item.uri)
-            meta = await asyncio.to_thread(lambda: pq.ParquetFile(BytesIO(data)).metadata)
-            total = int(meta.num_rows)
-            for first in range(0, total, m.records_per_chunk):
-                yield first, min(m.records_per_chunk, total - first), None
-            return
+    ) -> AsyncGenerator[Piece | None, None]:
+        """The chunks of a CSV or JSON Lines file: byte ranges of whole lines (or, split type
+        NONE, the whole file). The file is read once, a block at a time, and nothing of it is
+        written: workers read their ranges. With ``sha256`` the input is checked on the way
+        (InvalidArgument at the end if it differs: the job fails before it is assembled)."""
         if m.split_type == "none":
-            yield 0, 1, await self.store.read_bytes(item.uri)
+            yield Piece(0, 1)
             return
         cutter = LineCutter(
-            m.records_per_chunk, skip_header=m.content_type == tf.CSV and m.csv_header
+            m.records_per_chunk if not m.chunk_bytes else 0,
+            target_bytes=m.chunk_bytes,
+            skip_header=m.content_type == tf.CSV and m.csv_header,
         )
         try:
             async for block in self.store.get(
@@ -705,28 +723,30 @@ class TransformService:
         for piece in cutter.finish():
             yield piece
 
-    async def _parquet_csv_chunks(
-        self, m: tf.JobManifest, item: tf.InputFile, sha256: str | None
-    ) -> AsyncGenerator[tuple[int, int, bytes | None], None]:
-        """A Parquet file as CSV chunks of ``records_per_chunk`` rows, read a batch at a time
-        (memory: about a row group). The first item is a placeholder yielded once
+    async def _parquet_chunks(
+        self, m: tf.JobManifest, item: tf.InputFile, sha256: str | None, *, as_csv: bool
+    ) -> AsyncGenerator[Piece | None, None]:
+        """A Parquet file as chunk files read a batch at a time (memory: about a row group
+        and a chunk): Parquet files of the chunk's rows, or (``as_csv``, for InvokeAsync) CSV
+        without a header. The first item is a placeholder (None) yielded once
         ``item.columns`` holds the file's column names."""
         async with self._local_file(item.uri, sha256) as path:
-            batches = await asyncio.to_thread(_ParquetCsv, path, m.records_per_chunk)
+            chunks = await asyncio.to_thread(_ParquetChunks, path, m, as_csv=as_csv)
             try:
-                item.columns = batches.columns
-                tf.parse_columns(m.input_filter, item.columns)
-                yield (-1, 0, None)
+                item.columns = chunks.columns
+                if as_csv:
+                    tf.parse_columns(m.input_filter, item.columns)
+                yield None
                 first = 0
                 while True:
-                    piece = await asyncio.to_thread(batches.next_chunk)
+                    piece = await asyncio.to_thread(chunks.next_chunk)
                     if piece is None:
                         return
                     count, data = piece
-                    yield first, count, data
+                    yield Piece(first, count, data=data)
                     first += count
             finally:
-                batches.close()
+                chunks.close()
 
     @contextlib.asynccontextmanager
     async def _local_file(self, uri: str, sha256: str | None) -> AsyncIterator[Path]:
@@ -826,6 +846,16 @@ class TransformService:
                 f"{s.records_failed} of {total} records failed ({failed_percent:.1f}%), more than "
                 f"max_failure_percent {m.max_failure_percent:g}"
             )
+        changed = await self._changed_input(m)
+        if changed:
+            # Chunks read the input by byte range: some may have read another version of it.
+            s.status = "FAILED"
+            s.reason_code = "FAILED_PRECONDITION"
+            s.reason = f"{changed}; an input must not change while its job runs"
+            s.end_time = time.time()
+            await self._save_status(job)
+            await self._event(job, force=True)
+            return
         internal = s.internal
         out_prefix = store.key_for(m.output_uri.rstrip("/") + "/x")[:-1]
         s.outputs, s.error_files = [], []
@@ -875,6 +905,23 @@ class TransformService:
                 "duration_s": round(s.end_time - s.start_time, 3),
             },
         )
+
+    async def _changed_input(self, m: tf.JobManifest) -> str:
+        """What changed in the job's input files since the job was planned ('' if nothing)."""
+        for item in m.files:
+            if not item.modified:
+                continue  # planned before sizes were recorded
+            try:
+                info = await self.store.stat(item.uri)
+            except NotFound:
+                return f"input file {item.uri} was deleted"
+            if info.size != item.size or info.modified.timestamp() != item.modified:
+                return (
+                    f"input file {item.uri} changed (size {item.size} → {info.size}, modified "
+                    f"{datetime.fromtimestamp(item.modified, UTC).isoformat()} → "
+                    f"{info.modified.isoformat()})"
+                )
+        return ""
 
     async def _assemble(
         self, key: str, body: AsyncGenerator[bytes, None], content_type: str, *, if_absent: bool
@@ -948,46 +995,79 @@ class TransformService:
             )
 
 
-class LineCutter:
-    """Cuts a file fed block by block into chunks of ``records`` non-blank lines.
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """One chunk cut from an input file: the index of its first line (after any header) or
+    row in the file, its record count, and either its bytes in the file (``offset``,
+    ``length``; length 0 with no data: the whole file) or the chunk file to write."""
 
-    A chunk is the file's bytes from one line to another, line ends included; blank lines
-    (empty or whitespace only) are no records but stay in the chunk, so a worker numbers
-    the chunk's lines as the file does. Each chunk comes out as ``(index of its first line
-    after the header, record count, bytes)``; lines after the last record (blank ones at
-    the end of the file) make no chunk. Newlines are found with numpy, a block at a time.
+    first: int
+    count: int
+    offset: int = 0
+    length: int = 0
+    data: bytes | None = None
+
+
+class LineCutter:
+    """Cuts a file fed block by block into chunks of whole lines: ``records`` non-blank
+    lines each, or (``target_bytes``) about that many bytes each — a chunk ends with the
+    first record line that takes it to ``target_bytes`` or more.
+
+    A chunk is a byte range of the file (:class:`Piece` ``offset`` and ``length``, line ends
+    included); blank lines (empty or whitespace only) are no records but stay in the chunk,
+    so a worker numbers the chunk's lines as the file does; lines after the last record
+    (blank ones at the end of the file) make no chunk. Newlines are found with numpy, a
+    block at a time; nothing of the file is kept but an incomplete last line.
     """
 
-    def __init__(self, records: int, *, skip_header: bool = False) -> None:
-        if records < 1:
-            raise ValueError(f"records: expected at least 1, got {records}")
+    def __init__(
+        self, records: int = 0, *, target_bytes: int = 0, skip_header: bool = False
+    ) -> None:
+        if (records >= 1) == (target_bytes >= 1):
+            raise ValueError(
+                f"expected records or target_bytes of at least 1, got {records}, {target_bytes}"
+            )
         self.records = records
+        self.target_bytes = target_bytes
         self._skip_header = skip_header
         self._partial = b""  # an incomplete last line
-        self._pieces: list[bytes] = []  # complete lines of the chunk being filled
-        self._filled = 0  # records in those lines
-        self._first = 0  # line index of the chunk's first line
+        self._offset = 0  # file offset of its first byte
+        self._start = 0  # file offset of the chunk being filled
+        self._end = 0  # file offset after the last complete line
+        self._filled = 0  # records in the chunk being filled
+        self._first = 0  # line index of its first line
         self._line = 0  # line index of the next complete line
 
-    def feed(self, block: bytes) -> list[tuple[int, int, bytes]]:
+    def feed(self, block: bytes) -> list[Piece]:
         """The chunks completed by ``block``."""
         data = self._partial + block if self._partial else block
         end = data.rfind(b"\n") + 1
         if end == 0:
             self._partial = data
             return []
+        base = self._offset
         self._partial = data[end:]
-        return self._lines(data, end)
+        self._offset = base + end
+        return self._lines(data, end, base)
 
-    def finish(self) -> list[tuple[int, int, bytes]]:
+    def finish(self) -> list[Piece]:
         """The last chunk (including a last line without a line end)."""
-        out = self.feed(b"\n") if self._partial else []
+        out: list[Piece] = []
+        if self._partial:
+            size = self._offset + len(self._partial)
+            # Cut as if the line ended there; the line end it does not have is not in a range.
+            out = [
+                Piece(p.first, p.count, p.offset, min(p.offset + p.length, size) - p.offset)
+                for p in self.feed(b"\n")
+            ]
+            self._end = min(self._end, size)
+            self._partial = b""
         if self._filled:
-            out.append((self._first, self._filled, b"".join(self._pieces)))
-        self._pieces, self._filled = [], 0
+            out.append(Piece(self._first, self._filled, self._start, self._end - self._start))
+            self._filled = 0
         return out
 
-    def _lines(self, data: bytes, end: int) -> list[tuple[int, int, bytes]]:
+    def _lines(self, data: bytes, end: int, base: int) -> list[Piece]:
         view = np.frombuffer(data, dtype=np.uint8, count=end)
         ends = np.flatnonzero(view == 10)  # index of each line's newline
         start = 0
@@ -995,32 +1075,43 @@ class LineCutter:
             self._skip_header = False
             start = int(ends[0]) + 1
             ends = ends[1:]
+            self._start = self._end = base + start
             if not len(ends):
                 return []
         starts = np.empty_like(ends)
         starts[0] = start
         starts[1:] = ends[:-1] + 1
-        lengths = ends - starts
         # Blank: empty, or (rarely) starting with whitespace and holding nothing else.
-        maybe = np.flatnonzero((lengths == 0) | _WHITESPACE[view[np.minimum(starts, end - 1)]])
         record = np.ones(len(ends), dtype=bool)
-        for k in maybe.tolist():
+        for k in np.flatnonzero(view[starts] <= 32).tolist():
             if not data[int(starts[k]) : int(ends[k])].strip():
                 record[k] = False
-        counts = np.cumsum(record) + self._filled
-        cuts = np.flatnonzero(record & (counts % self.records == 0)).tolist()
-        out: list[tuple[int, int, bytes]] = []
-        begin = start
+        done = np.cumsum(record)  # records of this block up to each line
+        if self.records:
+            cuts = np.flatnonzero(record & ((done + self._filled) % self.records == 0)).tolist()
+        else:
+            cuts = []
+            lines = np.flatnonzero(record)  # cut only after a record line
+            stops = ends[lines] + 1 + base  # file offset after each of them
+            chunk_start = self._start
+            while True:
+                j = int(np.searchsorted(stops, chunk_start + self.target_bytes))
+                if j >= len(stops):
+                    break
+                cuts.append(int(lines[j]))
+                chunk_start = int(stops[j])
+        out: list[Piece] = []
+        before = 0  # records of this block before the chunk being filled
         for k in cuts:
-            stop = int(ends[k]) + 1
-            self._pieces.append(data[begin:stop])
-            out.append((self._first, self.records, b"".join(self._pieces)))
-            self._pieces, self._filled = [], 0
+            stop = base + int(ends[k]) + 1
+            count = self._filled + int(done[k]) - before
+            out.append(Piece(self._first, count, self._start, stop - self._start))
+            before = int(done[k])
+            self._filled = 0
+            self._start = stop
             self._first = self._line + k + 1
-            begin = stop
-        if begin < end:
-            self._pieces.append(data[begin:end])
-            self._filled = int(counts[-1]) % self.records
+        self._filled += int(done[-1]) - before
+        self._end = base + end
         self._line += len(ends)
         return out
 
@@ -1048,21 +1139,30 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-class _ParquetCsv:
-    """A Parquet file as CSV chunks (no header) of ``rows`` rows each: flat columns only;
-    booleans written as 0/1 (workers read numbers), strings quoted where needed."""
+class _ParquetChunks:
+    """A Parquet file as chunk files of rows read a batch at a time: Parquet files with the
+    input's schema, or (``as_csv``) CSV without a header — flat columns only, booleans
+    written as 0/1 (workers read numbers), strings quoted where needed. Rows per chunk:
+    the manifest's records_per_chunk, or the rows of about chunk_bytes of the file."""
 
-    def __init__(self, path: Path, rows: int) -> None:
+    def __init__(self, path: Path, manifest: tf.JobManifest, *, as_csv: bool) -> None:
         import pyarrow.parquet as pq
 
+        self._as_csv = as_csv
         self._file = pq.ParquetFile(path, memory_map=True)
         try:
-            self._check(self._file.schema_arrow)
+            if as_csv:
+                self._check(self._file.schema_arrow)
+            rows = manifest.records_per_chunk
+            if manifest.chunk_bytes:
+                total = max(int(self._file.metadata.num_rows), 1)
+                size = max(path.stat().st_size, 1)
+                rows = max(1, -(-total * manifest.chunk_bytes // size))
+            self.columns = [str(name) for name in self._file.schema_arrow.names]
+            self._batches: Iterator[Any] = self._file.iter_batches(batch_size=rows)
         except BaseException:
             self._file.close()
             raise
-        self.columns = [str(name) for name in self._file.schema_arrow.names]
-        self._batches: Iterator[Any] = self._file.iter_batches(batch_size=rows)
 
     @staticmethod
     def _check(schema: Any) -> None:
@@ -1085,22 +1185,28 @@ class _ParquetCsv:
                 )
 
     def next_chunk(self) -> tuple[int, bytes] | None:
-        """(rows, CSV bytes) of the next chunk; None after the last one."""
+        """(rows, chunk file bytes) of the next chunk; None after the last one."""
         import pyarrow as pa
-        import pyarrow.compute as pc
-        import pyarrow.csv as pacsv
 
         batch = next(self._batches, None)
         if batch is None:
             return None
-        columns = [
-            pc.cast(column, pa.int8()) if pa.types.is_boolean(column.type) else column
-            for column in batch.columns
-        ]
-        table = pa.Table.from_arrays(columns, names=[f"c{i}" for i in range(len(columns))])
-        buffer = io.BytesIO()
-        pacsv.write_csv(table, buffer, write_options=pacsv.WriteOptions(include_header=False))
-        return batch.num_rows, buffer.getvalue()
+        sink = pa.BufferOutputStream()
+        if self._as_csv:
+            import pyarrow.compute as pc
+            import pyarrow.csv as pacsv
+
+            columns = [
+                pc.cast(column, pa.int8()) if pa.types.is_boolean(column.type) else column
+                for column in batch.columns
+            ]
+            table = pa.Table.from_arrays(columns, names=[f"c{i}" for i in range(len(columns))])
+            pacsv.write_csv(table, sink, write_options=pacsv.WriteOptions(include_header=False))
+        else:
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.Table.from_batches([batch]), sink)
+        return batch.num_rows, sink.getvalue().to_pybytes()
 
     def close(self) -> None:
         self._file.close()

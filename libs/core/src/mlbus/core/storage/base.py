@@ -337,6 +337,23 @@ class ObjectStore(ABC):
             parts.append(chunk)
         return b"".join(parts)
 
+    async def read_range(self, uri: str, offset: int, length: int) -> bytes:
+        """``length`` bytes of an object from byte ``offset`` (fewer at its end; none past
+        it). NotFound if it does not exist. Stores that can seek override this streaming
+        fallback."""
+        if offset < 0 or length < 0:
+            raise InvalidArgument(f"range: expected offset, length >= 0, got {offset}, {length}")
+        parts: builtins.list[bytes] = []
+        seen = 0
+        async for chunk in self.get(uri):
+            start, stop = max(offset - seen, 0), min(offset + length - seen, len(chunk))
+            if start < stop:
+                parts.append(chunk[start:stop])
+            seen += len(chunk)
+            if seen >= offset + length:
+                break
+        return b"".join(parts)
+
     @abstractmethod
     async def stat(self, uri: str) -> ObjectInfo:
         """Size, checksum, content type and modification time of an object; NotFound if absent."""

@@ -318,6 +318,31 @@ class LocalObjectStore(ObjectStore):
     async def _open_reader(self, key: str, uri: str) -> BlockingReader:
         return await run_blocking(self._open_sync, key, uri)
 
+    def _read_range_sync(self, key: str, uri: str, offset: int, length: int) -> bytes:
+        path = self._inside(key, uri)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise NotFound(f"object '{uri}' does not exist") from None
+        try:
+            parts = []
+            while length > 0:
+                part = os.pread(fd, length, offset)
+                if not part:
+                    break
+                parts.append(part)
+                offset += len(part)
+                length -= len(part)
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        finally:
+            os.close(fd)
+
+    async def read_range(self, uri: str, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise InvalidArgument(f"range: expected offset, length >= 0, got {offset}, {length}")
+        key = self.key_for(uri)
+        return await run_blocking(self._read_range_sync, key, uri, offset, length)
+
     def _stat_sync(self, key: str, uri: str) -> ObjectInfo:
         path = self._inside(key, uri)
         try:

@@ -578,6 +578,33 @@ class S3ObjectStore(ObjectStore):
     async def _open_reader(self, key: str, uri: str) -> BlockingReader:
         return await run_blocking(self._open_sync, key, uri)
 
+    def _read_range_sync(self, key: str, uri: str, offset: int, length: int) -> bytes:
+        try:
+            with self._errors(uri):
+                response = self.client.get_object(
+                    Bucket=self._bucket,
+                    Key=self._full(key),
+                    Range=f"bytes={offset}-{offset + length - 1}",
+                )
+        except ClientError as exc:
+            if _status(exc) == 416:  # the range starts past the end
+                return b""
+            raise
+        reader = _Reader(response["Body"], uri)
+        try:
+            return reader.read(length)
+        finally:
+            reader.close()
+
+    async def read_range(self, uri: str, offset: int, length: int) -> bytes:
+        if offset < 0 or length < 0:
+            raise InvalidArgument(f"range: expected offset, length >= 0, got {offset}, {length}")
+        key = self.key_for(uri)
+        if length == 0:
+            await self.stat(uri)  # NotFound as for any other length
+            return b""
+        return await run_blocking(self._read_range_sync, key, uri, offset, length)
+
     async def stat(self, uri: str) -> ObjectInfo:
         key = self.key_for(uri)
         head = await run_blocking(self._head, key, uri)

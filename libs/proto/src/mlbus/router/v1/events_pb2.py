@@ -26,17 +26,17 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from mlbus.common.v1 import common_pb2 as mlbus_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmlbus/router/v1/events.proto\x12\x0fmlbus.router.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cmlbus/common/v1/common.proto\"\x92\x02\n\x19TransformJobStatusChanged\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x33\n\x06status\x18\x02 \x01(\x0e\x32#.mlbus.router.v1.TransformJobStatus\x12\x14\n\x0crecords_done\x18\x03 \x01(\x03\x12\x15\n\rrecords_total\x18\x04 \x01(\x03\x12\x16\n\x0erecords_failed\x18\x05 \x01(\x03\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12/\n\x0b\x63hange_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06output\x18\x08 \x01(\x0b\x32\x1a.mlbus.common.v1.ObjectRef\"\xa9\x01\n\x13\x42\x61tchChunkRequested\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x02 \x01(\x03\x12)\n\x05input\x18\x03 \x01(\x0b\x32\x1a.mlbus.common.v1.ObjectRef\x12\x1a\n\x12\x66irst_record_index\x18\x04 \x01(\x03\x12\x14\n\x0crecord_count\x18\x05 \x01(\x03\x12\x10\n\x08\x65ndpoint\x18\x06 \x01(\t*\xbc\x02\n\x12TransformJobStatus\x12$\n TRANSFORM_JOB_STATUS_UNSPECIFIED\x10\x00\x12 \n\x1cTRANSFORM_JOB_STATUS_PENDING\x10\x01\x12$\n TRANSFORM_JOB_STATUS_IN_PROGRESS\x10\x02\x12\"\n\x1eTRANSFORM_JOB_STATUS_COMPLETED\x10\x03\x12\x1f\n\x1bTRANSFORM_JOB_STATUS_FAILED\x10\x04\x12!\n\x1dTRANSFORM_JOB_STATUS_STOPPING\x10\x05\x12 \n\x1cTRANSFORM_JOB_STATUS_STOPPED\x10\x06\x12.\n*TRANSFORM_JOB_STATUS_COMPLETED_WITH_ERRORS\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmlbus/router/v1/events.proto\x12\x0fmlbus.router.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cmlbus/common/v1/common.proto\"\x92\x02\n\x19TransformJobStatusChanged\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x33\n\x06status\x18\x02 \x01(\x0e\x32#.mlbus.router.v1.TransformJobStatus\x12\x14\n\x0crecords_done\x18\x03 \x01(\x03\x12\x15\n\rrecords_total\x18\x04 \x01(\x03\x12\x16\n\x0erecords_failed\x18\x05 \x01(\x03\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12/\n\x0b\x63hange_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06output\x18\x08 \x01(\x0b\x32\x1a.mlbus.common.v1.ObjectRef\"\xd5\x01\n\x13\x42\x61tchChunkRequested\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x02 \x01(\x03\x12)\n\x05input\x18\x03 \x01(\x0b\x32\x1a.mlbus.common.v1.ObjectRef\x12\x1a\n\x12\x66irst_record_index\x18\x04 \x01(\x03\x12\x14\n\x0crecord_count\x18\x05 \x01(\x03\x12\x10\n\x08\x65ndpoint\x18\x06 \x01(\t\x12\x14\n\x0cinput_offset\x18\x07 \x01(\x03\x12\x14\n\x0cinput_length\x18\x08 \x01(\x03*\xbc\x02\n\x12TransformJobStatus\x12$\n TRANSFORM_JOB_STATUS_UNSPECIFIED\x10\x00\x12 \n\x1cTRANSFORM_JOB_STATUS_PENDING\x10\x01\x12$\n TRANSFORM_JOB_STATUS_IN_PROGRESS\x10\x02\x12\"\n\x1eTRANSFORM_JOB_STATUS_COMPLETED\x10\x03\x12\x1f\n\x1bTRANSFORM_JOB_STATUS_FAILED\x10\x04\x12!\n\x1dTRANSFORM_JOB_STATUS_STOPPING\x10\x05\x12 \n\x1cTRANSFORM_JOB_STATUS_STOPPED\x10\x06\x12.\n*TRANSFORM_JOB_STATUS_COMPLETED_WITH_ERRORS\x10\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mlbus.router.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRANSFORMJOBSTATUS']._serialized_start=562
-  _globals['_TRANSFORMJOBSTATUS']._serialized_end=878
+  _globals['_TRANSFORMJOBSTATUS']._serialized_start=606
+  _globals['_TRANSFORMJOBSTATUS']._serialized_end=922
   _globals['_TRANSFORMJOBSTATUSCHANGED']._serialized_start=113
   _globals['_TRANSFORMJOBSTATUSCHANGED']._serialized_end=387
   _globals['_BATCHCHUNKREQUESTED']._serialized_start=390
-  _globals['_BATCHCHUNKREQUESTED']._serialized_end=559
+  _globals['_BATCHCHUNKREQUESTED']._serialized_end=603
 # @@protoc_insertion_point(module_scope)

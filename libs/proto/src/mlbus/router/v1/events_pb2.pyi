@@ -127,19 +127,28 @@ class BatchChunkRequested(_message.Message):
     FIRST_RECORD_INDEX_FIELD_NUMBER: _builtins.int
     RECORD_COUNT_FIELD_NUMBER: _builtins.int
     ENDPOINT_FIELD_NUMBER: _builtins.int
+    INPUT_OFFSET_FIELD_NUMBER: _builtins.int
+    INPUT_LENGTH_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Job id."""
     chunk_index: _builtins.int
     """Chunk position, from 0; output is assembled in this order."""
     first_record_index: _builtins.int
-    """Index of the chunk's first record within the whole input."""
+    """Index of the chunk's first line (after any CSV header) or row within its input file."""
     record_count: _builtins.int
     """Number of records in the chunk."""
     endpoint: _builtins.str
     """Endpoint whose model transforms the records."""
+    input_offset: _builtins.int
+    """The chunk is input_length bytes of input from byte input_offset (whole lines);
+    input_length 0: the whole object.
+    """
+    input_length: _builtins.int
     @_builtins.property
     def input(self) -> _common_pb2.ObjectRef:
-        """The chunk's records."""
+        """The object holding the chunk's records: the input file itself (then input_length
+        says which bytes of it), or a chunk file the router wrote.
+        """
 
     def __init__(
         self,
@@ -150,10 +159,12 @@ class BatchChunkRequested(_message.Message):
         first_record_index: _builtins.int = ...,
         record_count: _builtins.int = ...,
         endpoint: _builtins.str = ...,
+        input_offset: _builtins.int = ...,
+        input_length: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_index", b"chunk_index", "endpoint", b"endpoint", "first_record_index", b"first_record_index", "input", b"input", "job_id", b"job_id", "record_count", b"record_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_index", b"chunk_index", "endpoint", b"endpoint", "first_record_index", b"first_record_index", "input", b"input", "input_length", b"input_length", "input_offset", b"input_offset", "job_id", b"job_id", "record_count", b"record_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -154,8 +154,8 @@ class TransformJobSpec(_message.Message):
     max_records_per_batch: _builtins.int
     """MULTI_RECORD: most records in one inference (default 1000)."""
     records_per_chunk: _builtins.int
-    """Records per chunk on the batch topic (default 10000); a chunk is the unit of work and
-    of redelivery.
+    """Records per chunk on the batch topic; a chunk is the unit of work and of redelivery.
+    0 (default): chunks of about 8 MiB of input (at least 16 chunks, of at least 64 KiB).
     """
     output_uri: _builtins.str
     """An object-store URI prefix; each input file gives <prefix>/<file name>.out and, if

@@ -85,7 +85,10 @@ def transform() -> None:
     help="MULTI_RECORD: most records per inference (default 1000).",
 )
 @click.option(
-    "--records-per-chunk", type=int, default=0, help="Records per unit of work (default 10000)."
+    "--records-per-chunk",
+    type=int,
+    default=0,
+    help="Records per unit of work (default: chunks of about 8 MiB).",
 )
 @click.option("--no-header", is_flag=True, help="CSV files have no header row.")
 @click.option(

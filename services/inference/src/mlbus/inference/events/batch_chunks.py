@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
-import io
 import json
 import logging
 import time
@@ -46,8 +45,10 @@ log = logging.getLogger(__name__)
 
 #: How long a worker trusts its copy of a job manifest (a stop is seen within this).
 MANIFEST_TTL_S = 2.0
-#: Parse a CSV chunk on pyarrow's thread pool (a worker often has one chunk at a time; the
-#: parse is most of a chunk's work).
+#: Parse a CSV chunk on pyarrow's thread pool when it is the only chunk this worker runs
+#: (the parse is most of a chunk's work). With several at once (a chunk of each partition
+#: fetched), each is parsed on one thread: on pyarrow's threads a parse costs ~50 % more
+#: CPU, which a machine whose cores are all busy pays in throughput.
 CSV_THREADS = True
 #: Characters that make a CSV output cell quoted (the csv module's minimal quoting, plus
 #: line breaks, which would otherwise split an output record in two).
@@ -97,6 +98,8 @@ class BatchChunkHandler:
         #: Chunks run on the fast path, and chunks it handed to the per-record path.
         self.fast_chunks = 0
         self.fallbacks = 0
+        #: Chunks being run now.
+        self.running = 0
 
     @property
     def store(self) -> ObjectStore:
@@ -126,7 +129,13 @@ class BatchChunkHandler:
 
     async def handle(self, event: Event[Any]) -> None:
         """Consumer handler: run one chunk (skipped when already done)."""
-        chunk: rev.BatchChunkRequested = event.message
+        self.running += 1
+        try:
+            await self._handle(event.message)
+        finally:
+            self.running -= 1
+
+    async def _handle(self, chunk: rev.BatchChunkRequested) -> None:
         job_id, index = chunk.job_id, int(chunk.chunk_index)
         store = self.store
         done_uri = store.uri_for(tf.chunk_key(job_id, index, "done"))
@@ -197,9 +206,18 @@ class BatchChunkHandler:
     async def _read(
         self, manifest: tf.JobManifest, source: tf.InputFile, chunk: rev.BatchChunkRequested
     ) -> bytes:
-        """The chunk's bytes: its ``.in`` object, or the whole Parquet file it is a part of."""
-        if manifest.content_type == tf.PARQUET:
-            return await self.store.read_bytes(source.uri)
+        """The chunk's bytes: its range of the input file, or its chunk file (or the whole
+        input file: split type NONE; a Parquet chunk of a router before chunk files)."""
+        if chunk.input_length:
+            data = await self.store.read_range(
+                chunk.input.uri, int(chunk.input_offset), int(chunk.input_length)
+            )
+            if len(data) != chunk.input_length:
+                raise InvalidArgument(
+                    f"chunk {chunk.chunk_index}: {chunk.input.uri} has {len(data)} bytes from "
+                    f"{chunk.input_offset}, not {chunk.input_length}: the input changed"
+                )
+            return data
         # Not checked against chunk.input.sha256: the router wrote the object whole (puts are
         # atomic), a re-split writes the same bytes, and hashing every chunk again costs as
         # about an eighth of parsing it. (The router does not check the .out files either.)
@@ -216,7 +234,7 @@ class BatchChunkHandler:
         the router may leave in a chunk, are no records but keep their line numbers)."""
         first_line = int(chunk.first_record_index) + 1
         if manifest.content_type == tf.PARQUET:
-            return self._parquet_records(data, chunk)
+            return self._parquet_records(data, chunk, whole_file=chunk.input.uri == source.uri)
         if manifest.split_type == "none":
             return [Record(line=first_line, raw=data)]
         header_lines = (
@@ -233,12 +251,17 @@ class BatchChunkHandler:
         return records
 
     @staticmethod
-    def _parquet_records(data: bytes, chunk: rev.BatchChunkRequested) -> list[Record]:
+    def _parquet_records(
+        data: bytes, chunk: rev.BatchChunkRequested, *, whole_file: bool
+    ) -> list[Record]:
+        """The rows of a Parquet chunk file (or, ``whole_file``, of the chunk's part of the
+        input file), each numbered by its 1-based row in the input."""
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pq.read_table(io.BytesIO(data))
+        table = pq.read_table(pa.py_buffer(data))
         start = int(chunk.first_record_index)
-        part = table.slice(start, int(chunk.record_count))
+        part = table.slice(start if whole_file else 0, int(chunk.record_count))
         rows = part.to_pylist()
         return [Record(line=start + k + 1, raw=b"", parsed=row) for k, row in enumerate(rows)]
 
@@ -307,8 +330,14 @@ class BatchChunkHandler:
             raise FastPathUnavailable("the chunk has blank lines")
         try:
             inputs, rows = await asyncio.to_thread(
-                _parse_csv, data, manifest, source.columns, signature
+                _parse_csv,
+                data,
+                manifest,
+                source.columns,
+                signature,
+                use_threads=CSV_THREADS and self.running == 1,
             )
+
         except FastPathUnavailable:
             raise
         except Exception as exc:
@@ -536,7 +565,12 @@ def _fast_csv(manifest: tf.JobManifest, signature: ModelSignature) -> bool:
 
 
 def _parse_csv(
-    data: bytes, manifest: tf.JobManifest, header: list[str], signature: ModelSignature
+    data: bytes,
+    manifest: tf.JobManifest,
+    header: list[str],
+    signature: ModelSignature,
+    *,
+    use_threads: bool = CSV_THREADS,
 ) -> tuple[dict[str, np.ndarray], int]:
     """A CSV chunk as the model's inputs (rows along the first dimension) and its row
     count, as the per-record path would build them from the same records;
@@ -560,7 +594,7 @@ def _parse_csv(
     wanted = [names[i] for i in sorted(set(picked))]
     table = pacsv.read_csv(
         pa.py_buffer(data),
-        read_options=pacsv.ReadOptions(column_names=names, use_threads=CSV_THREADS),
+        read_options=pacsv.ReadOptions(column_names=names, use_threads=use_threads),
         parse_options=pacsv.ParseOptions(newlines_in_values=False, ignore_empty_lines=True),
         convert_options=pacsv.ConvertOptions(
             column_types=dict.fromkeys(wanted, pa.float64()),
@@ -656,18 +690,17 @@ def _csv_output(
     if not columns:
         return b"\n" * rows
     if all(isinstance(c, np.ndarray) and c.dtype.kind in "fiu" for c in columns):
-        # Numbers only: Arrow's CSV writer formats them as _text_column does, in one pass.
-        import io
-
+        # Numbers only: Arrow's CSV writer formats them as _text_column does, in one pass,
+        # into an Arrow buffer (a Python file would take the GIL for every batch it writes).
         import pyarrow.csv as pacsv
 
-        buffer = io.BytesIO()
+        sink = pa.BufferOutputStream()
         pacsv.write_csv(
             pa.table({str(k): c for k, c in enumerate(columns)}),
-            buffer,
+            sink,
             write_options=pacsv.WriteOptions(include_header=False, quoting_style="none"),
         )
-        return buffer.getvalue()
+        return bytes(sink.getvalue().to_pybytes())
     columns = [_text_column(c) if isinstance(c, np.ndarray) else c for c in columns]
     if len(columns) == 1:
         lines = columns[0]
