@@ -49,10 +49,7 @@ def deployments(endpoint: str, router: str, as_json: bool) -> None:
     found = list_deployments(router, endpoint)
     if as_json:
         echo_json(
-            [
-                json_format.MessageToDict(d, always_print_fields_with_no_presence=True)
-                for d in found
-            ]
+            [json_format.MessageToDict(d, always_print_fields_with_no_presence=True) for d in found]
         )
         return
     if not found:
