@@ -177,6 +177,13 @@ class _Job:
         self.task: asyncio.Task[None] | None = None
         self.stop_requested = asyncio.Event()
         self.last_event = 0.0
+        #: Set whenever the router looked for new done markers.
+        self.polled = asyncio.Event()
+        #: Index of the file being split in this run (its first_chunk is this run's).
+        self.splitting = -1
+        #: Set when the job's outputs may become visible (see _stream_outputs).
+        self.release = asyncio.Event()
+        self.outputs: asyncio.Task[list[Ref]] | None = None
 
 
 class TransformService:
@@ -618,10 +625,11 @@ class TransformService:
         internal = job.status.internal
         sha = (internal.input_sha256 if internal is not None else "") or None
         try:
-            for item in m.files:
+            for position, item in enumerate(m.files):
                 item.first_chunk = index
                 item.chunk_count = 0
                 item.records = 0
+                job.splitting = position
                 pieces: AsyncGenerator[Piece | None, None]
                 if internal is not None and internal.parquet_to_csv:
                     pieces = self._parquet_chunks(m, item, sha, as_csv=True)
@@ -780,6 +788,18 @@ class TransformService:
                 os.unlink(name)
 
     async def _follow(self, job: _Job) -> None:
+        job.release.clear()
+        job.outputs = asyncio.create_task(
+            self._stream_outputs(job), name=f"transform-outputs-{job.manifest.job_id}"
+        )
+        try:
+            await self._follow_chunks(job)
+        finally:
+            if not job.outputs.done():
+                job.outputs.cancel()  # stopped, failed: nothing becomes visible
+                await asyncio.gather(job.outputs, return_exceptions=True)
+
+    async def _follow_chunks(self, job: _Job) -> None:
         m, store = job.manifest, self.store
         prefix = tf.job_prefix(m.job_id) + "chunks/"
         while True:
@@ -791,6 +811,7 @@ class TransformService:
                     continue
                 counts = json.loads(await store.read_bytes(info.uri))
                 job.done[index] = (int(counts["records"]), int(counts["failed"]))
+            job.polled.set()
             job.status.chunks_done = len(job.done)
             job.status.records_done = sum(r for r, _ in job.done.values())
             job.status.records_failed = sum(f for _, f in job.done.values())
@@ -836,7 +857,7 @@ class TransformService:
         await self._event(job, force=True)
 
     async def _finish(self, job: _Job) -> None:
-        m, s, store = job.manifest, job.status, self.store
+        m, s = job.manifest, job.status
         total = m.records_total
         failed_percent = 100.0 * s.records_failed / total if total else 0.0
         if s.records_failed and failed_percent > m.max_failure_percent:
@@ -857,23 +878,12 @@ class TransformService:
             await self._event(job, force=True)
             return
         internal = s.internal
-        out_prefix = store.key_for(m.output_uri.rstrip("/") + "/x")[:-1]
-        s.outputs, s.error_files = [], []
+        out_prefix = self._output_prefix(m)
+        assert job.outputs is not None
+        job.release.set()
+        s.outputs, s.error_files = await job.outputs, []
         for item in m.files:
             chunks = range(item.first_chunk, item.first_chunk + item.chunk_count)
-            output = await self._assemble(
-                internal.output_key if internal is not None else f"{out_prefix}{item.name}.out",
-                self._concat(m.job_id, chunks, "out"),
-                (
-                    internal.output_content_type
-                    if internal is not None
-                    else m.content_type
-                    if m.content_type != tf.PARQUET
-                    else tf.JSONL
-                ),
-                if_absent=internal is not None,
-            )
-            s.outputs.append(output)
             if any(job.done.get(i, (0, 0))[1] for i in chunks):
                 errors = await self._assemble(
                     (
@@ -905,6 +915,62 @@ class TransformService:
                 "duration_s": round(s.end_time - s.start_time, 3),
             },
         )
+
+    def _output_prefix(self, m: tf.JobManifest) -> str:
+        return self.store.key_for(m.output_uri.rstrip("/") + "/x")[:-1]
+
+    async def _stream_outputs(self, job: _Job) -> list[Ref]:
+        """Assemble the job's outputs, one file after the other, while it runs: each chunk's
+        lines are written out as soon as it and the chunks before it are done, so at the
+        end only the last ones are left to copy. An output is committed (made visible) only
+        once :meth:`_finish` sets ``job.release``; cancelled, it leaves nothing."""
+        m, internal = job.manifest, job.status.internal
+        out_prefix = self._output_prefix(m)
+        refs = []
+        for position, item in enumerate(m.files):
+            refs.append(
+                await self._assemble(
+                    (
+                        internal.output_key
+                        if internal is not None
+                        else f"{out_prefix}{item.name}.out"
+                    ),
+                    self._when_done(job, position),
+                    (
+                        internal.output_content_type
+                        if internal is not None
+                        else m.content_type
+                        if m.content_type != tf.PARQUET
+                        else tf.JSONL
+                    ),
+                    if_absent=internal is not None,
+                )
+            )
+        return refs
+
+    async def _when_done(self, job: _Job, position: int) -> AsyncGenerator[bytes, None]:
+        """The output lines of the file at ``position``, chunk by chunk in order, each once
+        it is done; then waits for ``job.release``."""
+        m, item = job.manifest, job.manifest.files[position]
+
+        async def polled() -> None:
+            job.polled.clear()
+            await job.polled.wait()
+
+        while not (m.split_done or job.splitting >= position):
+            await polled()  # the split has not reached the file (in this run) yet
+        index = item.first_chunk
+        while True:
+            complete = m.split_done or job.splitting > position
+            if complete and index >= item.first_chunk + item.chunk_count:
+                break
+            if index not in job.done:
+                await polled()
+                continue
+            async for block in self._concat(m.job_id, [index], "out"):
+                yield block
+            index += 1
+        await job.release.wait()
 
     async def _changed_input(self, m: tf.JobManifest) -> str:
         """What changed in the job's input files since the job was planned ('' if nothing)."""
