@@ -304,6 +304,26 @@ async def test_parquet_chunk_files_and_csv_chunks_by_bytes(stack: Any, endpoint_
         assert part.column("key").to_pylist() == list(range(first, min(first + 700, n)))
         first += part.num_rows
     assert first == n
+    # Without records_per_chunk: chunks of the rows of about 64 KiB of decoded data here.
+    job = (
+        await stub.CreateTransformJob(
+            rpb.CreateTransformJobRequest(
+                spec=rpb.TransformJobSpec(
+                    endpoint=endpoint_name,
+                    input_uri=uri,
+                    output_uri=prefix_uri(store, f"pqrg-out2/{endpoint_name}/"),
+                    input_filter="f0,f1,f2,f3",
+                )
+            ),
+            timeout=10,
+        )
+    ).job
+    job = await finished(stub, job.job_id)
+    assert job.status == rev.TRANSFORM_JOB_STATUS_COMPLETED, job.reason
+    assert job.records_total == n
+    assert job.chunks_total >= 2
+    rows = [json.loads(line) for line in (await read(stack, job.outputs[0].uri)).splitlines()]
+    assert len(rows) == n
 
     # CSV, no records_per_chunk: at least 16 chunks of at least 64 KiB, read in place.
     x = csv_rows(20_000, seed=21)

@@ -64,6 +64,8 @@ CHUNK_BYTES = 8 * 1024 * 1024
 #: workers), of at least MIN_CHUNK_BYTES.
 MIN_CHUNKS = 16
 MIN_CHUNK_BYTES = 64 * 1024
+#: Most rows in a Parquet chunk sized by bytes (workers read Parquet rows one by one).
+PARQUET_CHUNK_ROWS = 10_000
 #: Once the split is done and at most this many chunks are left, ``.done`` markers are
 #: looked for every FINAL_POLL_INTERVAL_S instead of every ``poll_interval_s``: the job's end
 #: is then seen (and the output assembled) sooner.
@@ -1209,7 +1211,8 @@ class _ParquetChunks:
     """A Parquet file as chunk files of rows read a batch at a time: Parquet files with the
     input's schema, or (``as_csv``) CSV without a header — flat columns only, booleans
     written as 0/1 (workers read numbers), strings quoted where needed. Rows per chunk:
-    the manifest's records_per_chunk, or the rows of about chunk_bytes of the file."""
+    the manifest's records_per_chunk, or the rows of about chunk_bytes of decoded data
+    (at most PARQUET_CHUNK_ROWS)."""
 
     def __init__(self, path: Path, manifest: tf.JobManifest, *, as_csv: bool) -> None:
         import pyarrow.parquet as pq
@@ -1221,9 +1224,14 @@ class _ParquetChunks:
                 self._check(self._file.schema_arrow)
             rows = manifest.records_per_chunk
             if manifest.chunk_bytes:
-                total = max(int(self._file.metadata.num_rows), 1)
-                size = max(path.stat().st_size, 1)
-                rows = max(1, -(-total * manifest.chunk_bytes // size))
+                # The rows of about chunk_bytes of decoded data (workers turn each row into
+                # Python values), and no more than the default of a records chunk.
+                meta = self._file.metadata
+                decoded = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+                total = max(int(meta.num_rows), 1)
+                rows = min(
+                    PARQUET_CHUNK_ROWS, max(1, -(-total * manifest.chunk_bytes // max(decoded, 1)))
+                )
             self.columns = [str(name) for name in self._file.schema_arrow.names]
             self._batches: Iterator[Any] = self._file.iter_batches(batch_size=rows)
         except BaseException:
