@@ -1099,7 +1099,7 @@ class LineCutter:
         self.target_bytes = target_bytes
         self._skip_header = skip_header
         self._partial = b""  # an incomplete last line
-        self._offset = 0  # file offset of its first byte
+        self._offset = 0  # file offset of its first byte (of the next block, if none)
         self._start = 0  # file offset of the chunk being filled
         self._end = 0  # file offset after the last complete line
         self._filled = 0  # records in the chunk being filled
@@ -1108,15 +1108,27 @@ class LineCutter:
 
     def feed(self, block: bytes) -> list[Piece]:
         """The chunks completed by ``block``."""
-        data = self._partial + block if self._partial else block
-        end = data.rfind(b"\n") + 1
-        if end == 0:
-            self._partial = data
-            return []
-        base = self._offset
-        self._partial = data[end:]
-        self._offset = base + end
-        return self._lines(data, end, base)
+        out: list[Piece] = []
+        begin = 0
+        if self._partial:
+            # Complete the carried line alone: joining it to the whole block would copy it.
+            newline = block.find(b"\n")
+            if newline < 0:
+                self._partial += block
+                return []
+            head = self._partial + block[: newline + 1]
+            out = self._lines(head, 0, len(head), self._offset)
+            self._offset += len(head)
+            self._partial = b""
+            begin = newline + 1
+        end = block.rfind(b"\n", begin) + 1
+        if end > begin:
+            out += self._lines(block, begin, end, self._offset)
+            self._offset += end - begin
+        else:
+            end = begin
+        self._partial = block[end:]
+        return out
 
     def finish(self) -> list[Piece]:
         """The last chunk (including a last line without a line end)."""
@@ -1135,8 +1147,10 @@ class LineCutter:
             self._filled = 0
         return out
 
-    def _lines(self, data: bytes, end: int, base: int) -> list[Piece]:
-        view = np.frombuffer(data, dtype=np.uint8, count=end)
+    def _lines(self, data: bytes, begin: int, end: int, base: int) -> list[Piece]:
+        """The chunks completed by the whole lines ``data[begin:end]``, whose first byte is at
+        file offset ``base``."""
+        view = np.frombuffer(data, dtype=np.uint8, count=end - begin, offset=begin)
         ends = np.flatnonzero(view == 10)  # index of each line's newline
         start = 0
         if self._skip_header:
@@ -1146,21 +1160,27 @@ class LineCutter:
             self._start = self._end = base + start
             if not len(ends):
                 return []
-        starts = np.empty_like(ends)
-        starts[0] = start
-        starts[1:] = ends[:-1] + 1
         # Blank: empty, or (rarely) starting with whitespace and holding nothing else.
-        record = np.ones(len(ends), dtype=bool)
-        for k in np.flatnonzero(view[starts] <= 32).tolist():
-            if not data[int(starts[k]) : int(ends[k])].strip():
+        record: np.ndarray | None = None  # None: every line is a record
+        maybe = np.flatnonzero(view[np.concatenate(([start], ends[:-1] + 1))] <= 32)
+        for k in maybe.tolist():
+            line_start = start if k == 0 else int(ends[k - 1]) + 1
+            if not view[line_start : int(ends[k])].tobytes().strip():
+                if record is None:
+                    record = np.ones(len(ends), dtype=bool)
                 record[k] = False
-        done = np.cumsum(record)  # records of this block up to each line
+        # Records of this block up to and including each line.
+        done = np.arange(1, len(ends) + 1) if record is None else np.cumsum(record)
         if self.records:
-            cuts = np.flatnonzero(record & ((done + self._filled) % self.records == 0)).tolist()
+            if record is None:
+                first_cut = self.records - self._filled - 1
+                cuts = list(range(first_cut, len(ends), self.records))
+            else:
+                cuts = np.flatnonzero(record & ((done + self._filled) % self.records == 0)).tolist()
         else:
             cuts = []
-            lines = np.flatnonzero(record)  # cut only after a record line
-            stops = ends[lines] + 1 + base  # file offset after each of them
+            lines = np.arange(len(ends)) if record is None else np.flatnonzero(record)
+            stops = ends[lines] + 1 + base  # file offset after each record line
             chunk_start = self._start
             while True:
                 j = int(np.searchsorted(stops, chunk_start + self.target_bytes))
@@ -1179,7 +1199,7 @@ class LineCutter:
             self._start = stop
             self._first = self._line + k + 1
         self._filled += int(done[-1]) - before
-        self._end = base + end
+        self._end = base + (end - begin)
         self._line += len(ends)
         return out
 
