@@ -73,9 +73,9 @@ async def test_idle_variant_scales_to_zero_and_back(stack: Any, endpoint_name: s
     assert stats.get((endpoint_name, "main", "up")) == 2
 
     # Requests keep it up: traffic more often than the idle time never scales it down.
-    for _ in range(6):
+    for _ in range(12):
         await stack.infer(endpoint_name, x, timeout=10)
-        await asyncio.sleep(IDLE_S / 2)
+        await asyncio.sleep(IDLE_S / 4)
     assert stats.get((endpoint_name, "main", "down")) == 2
 
     # Asynchronous requests sent while it is at zero wait in the topic; the queue depth
