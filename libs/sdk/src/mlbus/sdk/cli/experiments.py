@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from mlbus.sdk.cli._common import RegistryGroup, console, echo_json
 from mlbus.sdk.cli.jobs import TrainerOptions, trainer_options
@@ -112,7 +112,11 @@ def compare(
         metric_names.remove(metric)
         metric_names.insert(0, metric)
     params = sorted({p for r in runs for p in r.hyperparameters})
-    table = Table("run", "status", "algorithm", *params, *metric_names, "duration")
+    # Run ids are what people copy: never cut, whatever the terminal's width.
+    run_column = Column(
+        "run", no_wrap=True, min_width=max((len(r.job_id) for r in runs), default=3)
+    )
+    table = Table(run_column, "status", "algorithm", *params, *metric_names, "duration")
     for r in runs:
         table.add_row(
             escape(r.job_id),
