@@ -193,6 +193,35 @@ async def test_jsonl_join_filters_and_max_failure(stack: Any, endpoint_name: str
     assert failed.status == rev.TRANSFORM_JOB_STATUS_FAILED
     assert "30 of 300 records failed (10.0%), more than max_failure_percent 5" in failed.reason
 
+    # Split type NONE: a file (here a JSON document over several lines) is one record,
+    # which the worker reads from the input itself.
+    uri = await put(
+        stack,
+        f"inputs/{endpoint_name}/one.json",
+        json.dumps({"features": x[0].tolist()}, indent=2).encode(),
+    )
+    whole = (
+        await stub.CreateTransformJob(
+            rpb.CreateTransformJobRequest(
+                spec=rpb.TransformJobSpec(
+                    endpoint=endpoint_name,
+                    input_uri=uri,
+                    output_uri=prefix_uri(store, f"out3/{endpoint_name}/"),
+                    input_filter="$.features",
+                    split_type=rpb.SPLIT_TYPE_NONE,
+                )
+            ),
+            timeout=10,
+        )
+    ).job
+    whole = await finished(stub, whole.job_id)
+    assert whole.status == rev.TRANSFORM_JOB_STATUS_COMPLETED, whole.reason
+    assert (whole.records_total, whole.chunks_total) == (1, 1)
+    (line,) = (await read(stack, whole.outputs[0].uri)).decode().splitlines()
+    np.testing.assert_allclose(
+        json.loads(line)["y"], stack.reference(42, x[:1]).ravel(), rtol=1e-4, atol=1e-5
+    )
+
 
 async def test_parquet_directory_input(stack: Any, endpoint_name: str) -> None:
     import pyarrow as pa
