@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Final
 
+from mlbus.core import transform as tf
 from mlbus.core.errors import InvalidArgument
 
 H_INFERENCE_ID: Final = "mlbus-inference-id"
@@ -56,6 +57,30 @@ def check_inference_id(inference_id: str) -> str:
 def new_inference_id() -> str:
     """A fresh inference id."""
     return uuid.uuid4().hex
+
+
+#: Content types of files of rows, and the transform content type each is read as. An
+#: InvokeAsync input of one of these runs in row chunks (a transform job), never as one
+#: v2 request: workers refuse such a claim check on the request topic.
+ROWS_CONTENT_TYPES: Final[Mapping[str, str]] = {
+    "text/csv": tf.CSV,
+    "application/jsonlines": tf.JSONL,
+    "application/x-ndjson": tf.JSONL,
+    "application/vnd.apache.parquet": tf.PARQUET,
+    "application/x-parquet": tf.PARQUET,
+}
+
+
+def media_type(content_type: str) -> str:
+    """A content type without parameters, lower-cased (``text/CSV; charset=utf-8`` →
+    ``text/csv``)."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def rows_format(content_type: str) -> str | None:
+    """The transform content type a rows input of ``content_type`` is read as; None when
+    it is not a file of rows."""
+    return ROWS_CONTENT_TYPES.get(media_type(content_type))
 
 
 def async_group_id(endpoint: str) -> str:

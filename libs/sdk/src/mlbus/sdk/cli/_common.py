@@ -23,13 +23,33 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from mlbus.sdk.defaults import ACTOR_ENV, DEFAULT_REGISTRY, REGISTRY_ENV, default_actor
+from mlbus.sdk.defaults import (
+    ACTOR_ENV,
+    DEFAULT_REGISTRY,
+    DEFAULT_ROUTER,
+    REGISTRY_ENV,
+    ROUTER_ENV,
+    default_actor,
+)
 from mlbus.sdk.errors import MlbusError
 from mlbus.sdk.registry import RegistryClient, RegistryModel, SpecError
 from mlbus.sdk.registry.specs import parse_key_values
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
+
+
+def router_option(command: Any) -> Any:
+    """The ``--router HOST:PORT`` option of every command that talks to the router."""
+    return click.option(
+        "--router",
+        envvar=ROUTER_ENV,
+        default=DEFAULT_ROUTER,
+        metavar="HOST:PORT",
+        show_default=f"${ROUTER_ENV} or {DEFAULT_ROUTER}",
+        help="Address of the router.",
+    )(command)
+
 
 #: Exit status per gRPC status; anything else exits 1, click usage errors exit 2.
 EXIT_CODES: dict[grpc.StatusCode, int] = {

@@ -8,8 +8,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from mlbus.sdk.cli._common import RegistryCommand, console, echo_json
-from mlbus.sdk.defaults import DEFAULT_ROUTER, ROUTER_ENV
+from mlbus.sdk.cli._common import RegistryCommand, console, echo_json, router_option
 
 
 def list_deployments(router: str, endpoint: str = "", timeout: float = 10.0) -> list[Any]:
@@ -33,14 +32,7 @@ def list_deployments(router: str, endpoint: str = "", timeout: float = 10.0) -> 
 
 @click.command("deployments", cls=RegistryCommand)
 @click.argument("endpoint", required=False, default="")
-@click.option(
-    "--router",
-    envvar=ROUTER_ENV,
-    default=DEFAULT_ROUTER,
-    metavar="HOST:PORT",
-    show_default=f"${ROUTER_ENV} or {DEFAULT_ROUTER}",
-    help="Address of the router.",
-)
+@router_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def deployments(endpoint: str, router: str, as_json: bool) -> None:
     """What the router runs: each endpoint's revision and status, workers, scaling."""

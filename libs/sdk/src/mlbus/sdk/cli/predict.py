@@ -23,8 +23,7 @@ import click
 import numpy as np
 from rich.table import Table
 
-from mlbus.sdk.cli._common import RegistryCommand, console, echo_json
-from mlbus.sdk.defaults import DEFAULT_ROUTER, ROUTER_ENV
+from mlbus.sdk.cli._common import RegistryCommand, console, echo_json, router_option
 
 _MAX_SHOWN = 20
 
@@ -210,14 +209,7 @@ def _jsonable(prediction: Any) -> dict[str, Any]:
     "--input", "-i", "input_path", metavar="FILE", help="JSON or CSV file; - reads JSON from stdin."
 )
 @click.option("--data", "-d", metavar="JSON", help="The input as inline JSON instead of a file.")
-@click.option(
-    "--router",
-    envvar=ROUTER_ENV,
-    default=DEFAULT_ROUTER,
-    metavar="HOST:PORT",
-    show_default=f"${ROUTER_ENV} or {DEFAULT_ROUTER}",
-    help="Address of the router.",
-)
+@router_option
 @click.option("--target-variant", default="", help="Send to this production variant.")
 @click.option("--model-version", default="", help="Send to the variant serving this version.")
 @click.option(
@@ -269,17 +261,6 @@ def predict(
         echo_json(_jsonable(prediction))
     else:
         _show(prediction)
-
-
-def _router_option(command: Any) -> Any:
-    return click.option(
-        "--router",
-        envvar=ROUTER_ENV,
-        default=DEFAULT_ROUTER,
-        metavar="HOST:PORT",
-        show_default=f"${ROUTER_ENV} or {DEFAULT_ROUTER}",
-        help="Address of the router.",
-    )(command)
 
 
 def _show_async(result: Any, as_json: bool) -> None:
@@ -362,7 +343,7 @@ def _show_async(result: Any, as_json: bool) -> None:
     default=0,
     help="Rows: records per chunk (default 10,000).",
 )
-@_router_option
+@router_option
 @click.option("--id", "inference_id", default="", help="Inference id (default generated).")
 @click.option(
     "--deadline",
@@ -458,7 +439,7 @@ def invoke_async(
 @click.command("async-result", cls=RegistryCommand)
 @click.argument("endpoint")
 @click.argument("inference_id")
-@_router_option
+@router_option
 @click.option("--wait", is_flag=True, help="Wait until it is done.")
 @click.option(
     "--wait-timeout",

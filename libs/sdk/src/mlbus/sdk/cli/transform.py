@@ -9,19 +9,7 @@ import click
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from mlbus.sdk.cli._common import RegistryCommand, RegistryGroup, console, echo_json
-from mlbus.sdk.defaults import DEFAULT_ROUTER, ROUTER_ENV
-
-
-def _router(command: Any) -> Any:
-    return click.option(
-        "--router",
-        envvar=ROUTER_ENV,
-        default=DEFAULT_ROUTER,
-        metavar="HOST:PORT",
-        show_default=f"${ROUTER_ENV} or {DEFAULT_ROUTER}",
-        help="Address of the router.",
-    )(command)
+from mlbus.sdk.cli._common import RegistryCommand, RegistryGroup, console, echo_json, router_option
 
 
 def _json(job: Any) -> dict[str, Any]:
@@ -59,7 +47,7 @@ def transform() -> None:
 @click.argument("endpoint")
 @click.argument("input_uri")
 @click.argument("output_uri")
-@_router
+@router_option
 @click.option(
     "--content-type",
     default="",
@@ -185,7 +173,7 @@ def start(
 
 @transform.command("describe", cls=RegistryCommand)
 @click.argument("job_id")
-@_router
+@router_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def describe(job_id: str, router: str, as_json: bool) -> None:
     """Status and progress of a job."""
@@ -198,7 +186,7 @@ def describe(job_id: str, router: str, as_json: bool) -> None:
 
 @transform.command("list", cls=RegistryCommand)
 @click.option("--endpoint", default="", help="Only this endpoint's jobs.")
-@_router
+@router_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_jobs(endpoint: str, router: str, as_json: bool) -> None:
     """Jobs, newest first."""
@@ -225,7 +213,7 @@ def list_jobs(endpoint: str, router: str, as_json: bool) -> None:
 
 @transform.command("stop", cls=RegistryCommand)
 @click.argument("job_id")
-@_router
+@router_option
 @click.option("--reason", default="", help="Why (recorded on the job).")
 def stop(job_id: str, router: str, reason: str) -> None:
     """Stop a job (chunks not started are skipped)."""

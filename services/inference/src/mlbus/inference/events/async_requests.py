@@ -51,15 +51,6 @@ _STATUS = {
     "EXPIRED": ev.ASYNC_INFERENCE_STATUS_EXPIRED,
     "FAILED": ev.ASYNC_INFERENCE_STATUS_FAILED,
 }
-#: Claim-check content types of files of rows: not one v2 request, so not run here (the
-#: router's InvokeAsync runs them in row chunks, as a transform job does).
-_ROWS_CONTENT_TYPES = (
-    "text/csv",
-    "application/jsonlines",
-    "application/x-ndjson",
-    "application/vnd.apache.parquet",
-    "application/x-parquet",
-)
 
 
 def _ts(when: datetime) -> Timestamp:
@@ -235,12 +226,12 @@ class AsyncRequestHandler:
         if not uri:
             return request
         content_type = ai.header(headers, ai.H_INPUT_CONTENT_TYPE)
-        if content_type.split(";", 1)[0].strip().lower() in _ROWS_CONTENT_TYPES:
+        if ai.rows_format(content_type) is not None:
             # Refused before reading: such a file may be far larger than this worker's memory.
             raise InvalidArgument(
-                f"input {uri}: rows inputs (text/csv, application/jsonlines, "
-                "application/vnd.apache.parquet) go through InvokeAsync or CreateTransformJob, "
-                f"not the request topic (content type {content_type!r})"
+                f"input {uri}: rows inputs ({', '.join(ai.ROWS_CONTENT_TYPES)}) go through "
+                f"InvokeAsync or CreateTransformJob, not the request topic (content type "
+                f"{content_type!r})"
             )
         sha = ai.header(headers, ai.H_INPUT_SHA256) or None
         try:

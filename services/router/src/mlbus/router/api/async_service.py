@@ -48,14 +48,6 @@ _JSON = "application/json"
 _PROTOBUF = "application/x-protobuf"
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,245}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-#: Content types of files of rows, and the transform content type each is read as.
-ROWS_CONTENT_TYPES: dict[str, str] = {
-    "text/csv": tf.CSV,
-    "application/jsonlines": tf.JSONL,
-    "application/x-ndjson": tf.JSONL,
-    "application/vnd.apache.parquet": tf.PARQUET,
-    "application/x-parquet": tf.PARQUET,
-}
 _REQUEST_TYPES = (_PROTOBUF, _JSON)
 
 
@@ -66,12 +58,6 @@ class RowsOwner(BaseModel):
     inference_id: str
     reply_topic: str = ""
     receive_ms: int
-
-
-def _media_type(text: str) -> str:
-    """A content type without parameters, lower-cased (``text/CSV; charset=utf-8`` →
-    ``text/csv``)."""
-    return text.split(";", 1)[0].strip().lower()
 
 
 def _ts(seconds: float) -> Timestamp:
@@ -165,8 +151,8 @@ class AsyncInferenceService:
                 f"reply_topic {request.reply_topic!r}: expected 1-245 characters of [A-Za-z0-9._-]"
             )
         store = self.store
-        content_type = _media_type(request.input_content_type)
-        rows_kind = ROWS_CONTENT_TYPES.get(content_type)
+        content_type = ai.media_type(request.input_content_type)
+        rows_kind = ai.ROWS_CONTENT_TYPES.get(content_type)
         if which == "request" and rows_kind is not None:
             raise InvalidArgument(
                 f"input_content_type {request.input_content_type!r}: applies to input_uri only "
@@ -180,7 +166,7 @@ class AsyncInferenceService:
         if request.HasField("rows") and rows_kind is None:
             raise InvalidArgument(
                 "rows: only for a file of rows at input_uri (input_content_type one of "
-                f"{', '.join(ROWS_CONTENT_TYPES)})"
+                f"{', '.join(ai.ROWS_CONTENT_TYPES)})"
             )
         transform = self._transform
         found = transform.find(internal_job_id(endpoint, inference_id)) if transform else None
@@ -237,7 +223,7 @@ class AsyncInferenceService:
                 raise InvalidArgument(
                     f"input_content_type {request.input_content_type!r}: expected a v2 request "
                     f"({', '.join(_REQUEST_TYPES)}) or a file of rows "
-                    f"({', '.join(ROWS_CONTENT_TYPES)})"
+                    f"({', '.join(ai.ROWS_CONTENT_TYPES)})"
                 )
             info = await self._stat_input(request.input_uri)
             sha = self._check_sha(request, info)
