@@ -155,7 +155,9 @@ def load_average() -> list[float] | None:
 
 
 class CpuMeter:
-    """CPU time of this process, of the broker and of everything else on the machine.
+    """CPU time of this process, of the servers it started (its child processes, counted
+    once they have exited and been waited for, their own children included), of the broker
+    and of everything else on the machine.
 
     Other processes compete for the same cores, so their share is printed with the figures.
     """
@@ -165,7 +167,7 @@ class CpuMeter:
         self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self.start = self._sample()
 
-    def _sample(self) -> tuple[float, float, float, float, float] | None:
+    def _sample(self) -> tuple[float, float, float, float, float, float] | None:
         try:
             fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
             broker = 0.0
@@ -179,18 +181,22 @@ class CpuMeter:
         busy = (sum(fields[:8]) - fields[3] - fields[4] - fields[7]) / self.tick
         steal = fields[7] / self.tick
         times = os.times()
-        return time.monotonic(), busy, steal, times.user + times.system, broker
+        children = times.children_user + times.children_system
+        return time.monotonic(), busy, steal, times.user + times.system, children, broker
 
     def result(self) -> dict[str, float] | None:
         end = self._sample()
         if self.start is None or end is None:
             return None
-        wall, busy, steal, own, broker = (b - a for a, b in zip(self.start, end, strict=True))
-        others = max(0.0, busy - own - broker)
+        wall, busy, steal, own, servers, broker = (
+            b - a for a, b in zip(self.start, end, strict=True)
+        )
+        others = max(0.0, busy - own - servers - broker)
         capacity = wall * (os.cpu_count() or 1)
         return {
             "wall_s": round(wall, 1),
             "bench_process_s": round(own, 1),
+            "servers_s": round(servers, 1),
             "broker_s": round(broker, 1),
             "other_processes_s": round(others, 1),
             "other_processes_share": round(others / capacity, 3) if capacity else 0.0,
@@ -252,8 +258,10 @@ def _reading(ratio: dict[str, Any], better: str) -> str:
 def _cpu_text(cpu: dict[str, float] | None) -> str:
     if not cpu:
         return "CPU use not measured"
+    servers = cpu.get("servers_s")
+    started = "" if servers is None else f", the servers it started {servers:.0f} s"
     return (
-        f"CPU during the run: benchmark {cpu['bench_process_s']:.0f} s, broker "
+        f"CPU during the run: benchmark {cpu['bench_process_s']:.0f} s{started}, broker "
         f"{cpu['broker_s']:.0f} s, **other processes {cpu['other_processes_s']:.0f} s "
         f"({cpu['other_processes_share'] * 100:.0f}% of the machine), hypervisor steal "
         f"{cpu.get('steal_s', 0):.0f} s ({cpu.get('steal_share', 0) * 100:.0f}%)**"

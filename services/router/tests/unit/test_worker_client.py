@@ -133,3 +133,109 @@ async def test_a_broken_stream_fails_its_requests_unavailable_and_reopens() -> N
     finally:
         hold.set()
         await client.close()
+
+
+class GatedWorker:
+    """A stream service that records the requests of every message it receives and answers
+    each at once, except ``b"hold"`` requests, answered when :attr:`release` is set."""
+
+    def __init__(self) -> None:
+        self.messages: list[list[bytes]] = []
+        self.received = asyncio.Event()
+        self.release = asyncio.Event()
+
+    def handler(self) -> Any:
+        async def infer(batches: Any, context: Any) -> Any:
+            answers: asyncio.Queue[wpb.StreamInferResponse] = asyncio.Queue()
+
+            async def later(request: wpb.StreamInferRequest) -> None:
+                await self.release.wait()
+                answers.put_nowait(wpb.StreamInferResponse(sequence=request.sequence))
+
+            async def read() -> None:
+                async for batch in batches:
+                    self.messages.append([r.request for r in batch.requests])
+                    self.received.set()
+                    for r in batch.requests:
+                        if r.request == b"hold":
+                            tasks.add(asyncio.create_task(later(r)))
+                        else:
+                            answers.put_nowait(wpb.StreamInferResponse(sequence=r.sequence))
+
+            tasks: set[asyncio.Task[None]] = set()
+            reader = asyncio.create_task(read())
+            try:
+                while True:
+                    yield wpb.StreamInferResponses(responses=[await answers.get()])
+            finally:
+                reader.cancel()
+                for task in tasks:
+                    task.cancel()
+
+        return grpc.method_handlers_generic_handler(
+            STREAM,
+            {
+                "Infer": grpc.stream_stream_rpc_method_handler(
+                    infer,
+                    request_deserializer=wpb.StreamInferRequests.FromString,
+                    response_serializer=wpb.StreamInferResponses.SerializeToString,
+                )
+            },
+        )
+
+    async def next_message(self, timeout: float) -> list[bytes]:
+        count = len(self.messages)
+        while len(self.messages) == count:
+            self.received.clear()
+            await asyncio.wait_for(self.received.wait(), timeout)
+        return self.messages[count]
+
+
+async def test_requests_to_a_busy_worker_share_a_message_and_a_lone_one_goes_at_once() -> None:
+    worker = GatedWorker()
+    server, address = await serve([worker.handler()])
+    # A wait this long would time the test out: every send below has another reason to go.
+    client = WorkerClient(address, GrpcSettings(), coalesce_s=30.0)
+    try:
+        # Nothing else unanswered: written at once.
+        await asyncio.wait_for(client.infer(b"alone", timeout=5), 5)
+        assert worker.messages == [[b"alone"]]
+        # The worker is busy with one request: the next ones wait for each other...
+        busy = asyncio.ensure_future(client.infer(b"hold", timeout=20))
+        assert await worker.next_message(5) == [b"hold"]
+        queued = [asyncio.ensure_future(client.infer(b"q%d" % i, timeout=20)) for i in range(3)]
+        await asyncio.sleep(0.3)
+        assert len(worker.messages) == 2, "requests to a busy worker were sent one by one"
+        # ... and go together as soon as the worker has answered everything else.
+        worker.release.set()
+        await asyncio.wait_for(asyncio.gather(busy, *queued), 5)
+        assert worker.messages[2] == [b"q0", b"q1", b"q2"]
+        assert client.stream.messages_sent == 3
+    finally:
+        await client.close()
+        await server.stop(None)
+
+
+@pytest.mark.parametrize(("coalesce_s", "at_least_s"), [(0.2, 0.15), (0.0, 0.0)])
+async def test_a_held_request_goes_when_its_wait_is_over(
+    coalesce_s: float, at_least_s: float
+) -> None:
+    worker = GatedWorker()
+    server, address = await serve([worker.handler()])
+    client = WorkerClient(address, GrpcSettings(), coalesce_s=coalesce_s)
+    try:
+        busy = asyncio.ensure_future(client.infer(b"hold", timeout=20))
+        assert await worker.next_message(5) == [b"hold"]
+        loop = asyncio.get_running_loop()
+        sent = loop.time()
+        waiting = asyncio.ensure_future(client.infer(b"next", timeout=20))
+        assert await worker.next_message(5) == [b"next"]
+        waited = loop.time() - sent
+        assert at_least_s <= waited < at_least_s + 2.0
+        await asyncio.wait_for(waiting, 5)
+        assert not busy.done()  # the timer, not an answer, sent it
+        worker.release.set()
+        await asyncio.wait_for(busy, 5)
+    finally:
+        await client.close()
+        await server.stop(None)

@@ -8,6 +8,7 @@ shadow copies → workers (SIGTERM, then SIGKILL after a grace).
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, cast
 
@@ -18,7 +19,7 @@ from mlbus.core.settings import shared_env
 from mlbus.core.storage import ObjectStore, open_object_store
 from mlbus.router.adapters.queue_depth import KafkaQueueDepth
 from mlbus.router.adapters.registry_source import RegistrySource
-from mlbus.router.adapters.workers import ProcessBackend
+from mlbus.router.adapters.workers import ProcessBackend, WorkerClient
 from mlbus.router.api.async_service import AsyncInferenceService
 from mlbus.router.api.router_service import SERVICE_NAME as ROUTER_SERVICE_NAME
 from mlbus.router.api.router_service import RouterServicer
@@ -89,6 +90,9 @@ class RouterApp(ServiceApp):
             ),
             metrics=self.metrics,
             queue_depth=self.queue_depth,
+            client_factory=functools.partial(
+                WorkerClient, coalesce_s=settings.worker_stream_coalesce_us / 1e6
+            ),
         )
         self.server.add_service(
             router_pb2_grpc.add_RouterServiceServicer_to_server,

@@ -49,6 +49,8 @@ class RouterSettings(ServiceSettings):
     """First delay before restarting a crashed worker again; doubles per quick crash."""
     worker_restart_backoff_max_s: float = Field(default=30.0, gt=0)
     """Longest delay between restarts of a crash-looping worker."""
+    worker_stream_coalesce_us: int = Field(default=1000, ge=0, le=100_000)
+    """Longest wait of a request for others to share its message to a busy worker (only while others on its stream are unanswered; a request to an idle worker goes at once). Fewer, fuller messages cost the router and the worker less CPU per request; 0 sends every request at once."""
 
     # --- scale to zero ---------------------------------------------------------------------
     scale_poll_interval_s: float = Field(default=1.0, gt=0, le=300)

@@ -30,6 +30,7 @@ from mlbus.core.rpc import channel_options
 from mlbus.core.settings import GrpcSettings
 from mlbus.inference.v2 import grpc_service_pb2 as pb
 from mlbus.router.adapters.worker_stream import (
+    DEFAULT_COALESCE_S,
     STREAM_MAX_REQUEST_BYTES,
     StreamCallError,
     WorkerStream,
@@ -58,12 +59,14 @@ class WorkerClient:
     readiness and health. The channel has no client interceptors: the router puts the trace
     context into the metadata itself, which keeps the forwarding hop cheap."""
 
-    def __init__(self, address: str, settings: GrpcSettings) -> None:
+    def __init__(
+        self, address: str, settings: GrpcSettings, *, coalesce_s: float = DEFAULT_COALESCE_S
+    ) -> None:
         self.address = address
         self.channel = grpc.aio.insecure_channel(address, options=channel_options(settings))
         # No (de)serializers: bytes in, bytes out.
         self.unary_infer = self.channel.unary_unary(_INFER, None, None)
-        self.stream = WorkerStream(self.channel)
+        self.stream = WorkerStream(self.channel, coalesce_s=coalesce_s)
         #: Requests forwarded as unary calls (too large for the stream, or no stream service).
         self.unary_requests = 0
         self.metadata = self.channel.unary_unary(
