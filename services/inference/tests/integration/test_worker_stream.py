@@ -103,3 +103,29 @@ async def test_an_expired_deadline_answers_deadline_exceeded(start_worker, onnx_
     reply = (await answers(call, 1))[1]
     assert reply.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
     call.cancel()
+
+
+async def test_a_request_waiting_past_its_deadline_is_answered_then_and_alone(
+    start_worker, onnx_models, v2
+) -> None:
+    # The batcher holds requests for 0.4 s: the first has 0.1 s, the others plenty.
+    worker = await start_worker(onnx_models.mlp(), max_batch_size=8, max_queue_delay_us=400_000)
+    call = open_stream(worker.running.channel)
+    x = np.ones((1, 30), np.float32)
+    batch = wpb.StreamInferRequests()
+    for sequence, timeout in [(1, 0.1), (2, 10.0), (3, 10.0), (4, 10.0)]:
+        request = v2.request({"x": x * sequence}).SerializeToString()
+        batch.requests.add(sequence=sequence, request=request, timeout_seconds=timeout)
+    loop = asyncio.get_running_loop()
+    sent = loop.time()
+    await call.write(batch)
+    first = await asyncio.wait_for(call.read(), 10)
+    assert [r.sequence for r in first.responses] == [1]
+    assert first.responses[0].code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    assert loop.time() - sent < 0.35, "answered when the batch ran, not at its deadline"
+    rest = await answers(call, 3)
+    assert sorted(rest) == [2, 3, 4]
+    assert all(reply.code == 0 for reply in rest.values()), rest
+    # The expired request was not run with the others.
+    assert worker.app.metrics.stats.session_rows == 3
+    call.cancel()

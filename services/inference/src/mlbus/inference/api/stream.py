@@ -6,13 +6,22 @@ costs a fraction of a unary call in gRPC Python. Each request runs as its own ta
 what :meth:`InferenceServicer.infer` does for a unary call, within the deadline the message
 carries — and its response (or error status) is written as soon as it is ready, so a slow
 request never holds back the others.
+
+Most requests finish without ever waiting (a small model runs inline on the event loop), so
+each request's coroutine takes its first step at once, in the reader (as Python 3.12's
+eager tasks do): one that finishes there costs no task, no deadline timer and no extra turn
+of the loop, and the answers of one incoming message leave together; only a request that
+has to wait (a run in a thread, the dynamic batcher) becomes a task, with a timer for its
+deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
-from collections.abc import AsyncIterator
+import types
+from collections.abc import AsyncIterator, Coroutine, Generator
 from typing import Any, Final
 
 import grpc
@@ -39,10 +48,36 @@ _SPAN_ATTRIBUTES: Final = {
     "mlbus.transport": "worker-stream",
 }
 _OK: Final = grpc.StatusCode.OK.value[0]
+#: Cancellation message of a request task whose deadline passed.
+_DEADLINE: Final = "mlbus: the request's deadline passed"
 
 
 def _code(code: grpc.StatusCode) -> int:
     return int(code.value[0])
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, Any], waiting_on: Any) -> Generator[Any, Any, Any]:
+    """Carry on ``coro``, which has taken steps already and now waits on ``waiting_on`` (what
+    its last step yielded), inside the task that awaits this: every later step's yield goes
+    to that task and everything the task sends or throws goes to ``coro``."""
+    while True:
+        try:
+            sent = yield waiting_on
+        except BaseException as exc:  # thrown in by the task: cancellation
+            try:
+                waiting_on = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                waiting_on = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+async def _continue(coro: Coroutine[Any, Any, Any], waiting_on: Any) -> Any:
+    return await _resume(coro, waiting_on)
 
 
 class WorkerStreamServicer:
@@ -70,21 +105,48 @@ class WorkerStreamServicer:
         that complete while the previous message is being written go out together)."""
         ready = asyncio.Event()
         outbox: list[wpb.StreamInferResponse] = []
-        tasks: set[asyncio.Task[None]] = set()
+        tasks: set[asyncio.Task[wpb.StreamInferResponse]] = set()
         reading = True
+        loop = asyncio.get_running_loop()
 
-        async def answer(message: wpb.StreamInferRequest) -> None:
-            outbox.append(await self._one(message))
+        def answered(task: asyncio.Task[wpb.StreamInferResponse]) -> None:
+            tasks.discard(task)
+            if task.cancelled():
+                return  # the stream is closing
+            failure = task.exception()
+            if failure is not None:  # _one answers every Exception; this is a bug
+                log.error("a streamed ModelInfer failed to answer", exc_info=failure)
+                return
+            outbox.append(task.result())
             ready.set()
+
+        def start(message: wpb.StreamInferRequest) -> None:
+            # The request's first step, now (see the module doc), in a context of its own.
+            deadline = (
+                loop.time() + message.timeout_seconds if message.timeout_seconds > 0 else None
+            )
+            coro = self._one(message, deadline)
+            context = contextvars.copy_context()
+            try:
+                waiting_on = context.run(coro.send, None)
+            except StopIteration as done:
+                outbox.append(done.value)
+                return
+            task = loop.create_task(_continue(coro, waiting_on), context=context)
+            tasks.add(task)
+            task.add_done_callback(answered)
+            if deadline is not None:
+                timer = loop.call_at(deadline, task.cancel, _DEADLINE)
+                task.add_done_callback(lambda _: timer.cancel())
 
         async def read() -> None:
             nonlocal reading
             try:
                 async for batch in batches:
                     for message in batch.requests:
-                        task = asyncio.create_task(answer(message))
-                        tasks.add(task)
-                        task.add_done_callback(tasks.discard)
+                        start(message)
+                    if outbox:
+                        ready.set()
                 while tasks:
                     await asyncio.gather(*list(tasks), return_exceptions=True)
             finally:
@@ -109,7 +171,11 @@ class WorkerStreamServicer:
             for task in list(tasks):
                 task.cancel()
 
-    async def _one(self, message: wpb.StreamInferRequest) -> wpb.StreamInferResponse:
+    async def _one(
+        self, message: wpb.StreamInferRequest, deadline: float | None
+    ) -> wpb.StreamInferResponse:
+        """Answer one request (``deadline``: loop time; a task running this is cancelled
+        with :data:`_DEADLINE` when it passes)."""
         reply = wpb.StreamInferResponse(sequence=message.sequence)
         token = None
         span = None
@@ -126,13 +192,13 @@ class WorkerStreamServicer:
                 reply.code = _code(grpc.StatusCode.INVALID_ARGUMENT)
                 reply.message = f"request body: not a valid inference.ModelInferRequest ({exc})"
                 return reply
-            loop = asyncio.get_running_loop()
-            deadline = (
-                loop.time() + message.timeout_seconds if message.timeout_seconds > 0 else None
-            )
-            async with asyncio.timeout_at(deadline):
+            try:
                 response = await self._servicer.infer(request)
-            if deadline is not None and loop.time() > deadline:
+            except asyncio.CancelledError as exc:
+                if exc.args and exc.args[0] == _DEADLINE:
+                    raise TimeoutError from None
+                raise
+            if deadline is not None and asyncio.get_running_loop().time() > deadline:
                 # Ran inline past its deadline (no await to interrupt): the caller has given
                 # up, as a unary call's caller would have.
                 raise TimeoutError
