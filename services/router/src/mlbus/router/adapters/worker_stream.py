@@ -90,8 +90,9 @@ class _Stream:
 
     @property
     def unanswered(self) -> int:
-        """Requests written to the worker and not answered yet."""
-        return len(self.pending) - len(self.outbox.requests)
+        """Requests written to the worker and not answered yet (a caller that gave up
+        leaves its request in the outbox but no longer pending: never below 0)."""
+        return max(0, len(self.pending) - len(self.outbox.requests))
 
 
 class WorkerStream:
