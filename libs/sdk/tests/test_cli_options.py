@@ -229,3 +229,15 @@ def test_variants_table_shows_scale_to_zero() -> None:
         "green": "300s",
         "burst": "default",
     }
+
+
+def test_ports_picked_together_are_distinct_and_bindable() -> None:
+    import socket
+
+    from mlbus.sdk.local.broker import free_ports
+
+    ports = free_ports(40)
+    assert len(set(ports)) == 40
+    for port in ports[:3]:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))  # free again once picked

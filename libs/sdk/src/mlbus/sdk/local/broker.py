@@ -8,6 +8,7 @@ reconnect to whatever address the broker advertises.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -55,6 +56,19 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports that were free a moment ago. Every socket stays bound until
+    all are picked: calling :func:`free_port` repeatedly can return a port twice (the OS may
+    hand a port out again once its socket is closed, before the first taker binds it)."""
+    with contextlib.ExitStack() as held:
+        ports: list[int] = []
+        for _ in range(count):
+            sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 async def wait_for_broker(bootstrap_servers: str, timeout: float = 15.0) -> None:

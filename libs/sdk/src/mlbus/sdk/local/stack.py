@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from mlbus.core.settings import ServiceSettings
-from mlbus.sdk.local.broker import BrokerError, BrokerProcess, free_port, port_is_free, start_broker
+from mlbus.sdk.local.broker import (
+    BrokerError,
+    BrokerProcess,
+    free_port,
+    free_ports,
+    port_is_free,
+    start_broker,
+)
 
 STATE_FILE = "stack.json"
 
@@ -271,7 +278,12 @@ class LocalStack:
             self._create_topics()
             # Every port is chosen before any service starts, so each service can be told
             # where the others are (the router's controller reads the registry).
-            self._ports = {spec.name: self._ports_for(spec) for spec in self.specs}
+            if self.free_ports:
+                # All at once: ports picked one by one could repeat (two services, one port).
+                picked = iter(free_ports(2 * len(self.specs)))
+                self._ports = {spec.name: (next(picked), next(picked)) for spec in self.specs}
+            else:
+                self._ports = {spec.name: self._ports_for(spec) for spec in self.specs}
             for spec in self.specs:
                 self._spawn(spec)
             self.state.save()
