@@ -37,11 +37,8 @@ def unary_echo() -> Any:
     )
 
 
-def stream_service(answer: Any) -> Any:
-    async def infer(batches: Any, context: Any) -> Any:
-        async for batch in batches:
-            yield wpb.StreamInferResponses(responses=[answer(r) for r in batch.requests])
-
+def stream_handler(infer: Any) -> Any:
+    """``infer`` (batches, context) → async iterator of replies, as WorkerStreamService/Infer."""
     return grpc.method_handlers_generic_handler(
         STREAM,
         {
@@ -52,6 +49,14 @@ def stream_service(answer: Any) -> Any:
             )
         },
     )
+
+
+def stream_service(answer: Any) -> Any:
+    async def infer(batches: Any, context: Any) -> Any:
+        async for batch in batches:
+            yield wpb.StreamInferResponses(responses=[answer(r) for r in batch.requests])
+
+    return stream_handler(infer)
 
 
 async def test_a_worker_without_the_stream_service_gets_unary_calls() -> None:
@@ -110,16 +115,7 @@ async def test_a_broken_stream_fails_its_requests_unavailable_and_reopens() -> N
             await hold.wait()  # never answers; the server goes away instead
         yield wpb.StreamInferResponses()
 
-    handler = grpc.method_handlers_generic_handler(
-        STREAM,
-        {
-            "Infer": grpc.stream_stream_rpc_method_handler(
-                infer,
-                request_deserializer=wpb.StreamInferRequests.FromString,
-                response_serializer=wpb.StreamInferResponses.SerializeToString,
-            )
-        },
-    )
+    handler = stream_handler(infer)
     server, address = await serve([handler])
     client = WorkerClient(address, GrpcSettings())
     try:
@@ -172,16 +168,7 @@ class GatedWorker:
                 for task in tasks:
                     task.cancel()
 
-        return grpc.method_handlers_generic_handler(
-            STREAM,
-            {
-                "Infer": grpc.stream_stream_rpc_method_handler(
-                    infer,
-                    request_deserializer=wpb.StreamInferRequests.FromString,
-                    response_serializer=wpb.StreamInferResponses.SerializeToString,
-                )
-            },
-        )
+        return stream_handler(infer)
 
     async def next_message(self, timeout: float) -> list[bytes]:
         count = len(self.messages)

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import baggage, metrics, propagate, trace
 from opentelemetry import context as otel_context
+from opentelemetry import metrics, propagate, trace
 from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
@@ -330,98 +330,16 @@ def extract_kafka_context(headers: Sequence[tuple[str, bytes]] | None) -> otel_c
     return propagate.extract(list(headers or ()), getter=_KafkaHeaderGetter())
 
 
-# Fast paths for the hot hops (router → worker, per request): with the SDK's default
-# propagators (W3C trace context + baggage) and nothing but a plain ``traceparent`` to carry,
-# the header is written and read here directly, at a fraction of the propagators' cost;
-# anything else (tracestate, baggage, other propagators, an unusual header) goes through them.
-_TRACEPARENT = "traceparent"
-_PROPAGATION_HEADERS = frozenset({"traceparent", "tracestate", "baggage"})
-_HEX = frozenset("0123456789abcdef")
-_default_propagators: tuple[int, bool] | None = None
-
-
-def _uses_default_propagators() -> bool:
-    global _default_propagators
-    textmap = propagate.get_global_textmap()
-    cached = _default_propagators
-    if cached is not None and cached[0] == id(textmap):
-        return cached[1]
-    from opentelemetry.baggage.propagation import W3CBaggagePropagator
-    from opentelemetry.propagators.composite import CompositePropagator
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-    inner = getattr(textmap, "_propagators", None)
-    default = (
-        type(textmap) is CompositePropagator
-        and isinstance(inner, list | tuple)
-        and [type(p) for p in inner] == [TraceContextTextMapPropagator, W3CBaggagePropagator]
-    )
-    _default_propagators = (id(textmap), default)
-    return default
-
-
-def _parse_traceparent(value: str) -> SpanContext | None:
-    """A version-00 ``traceparent`` with nothing after it, as the W3C propagator reads it;
-    None for anything else (the propagator then decides)."""
-    if (
-        len(value) != 55
-        or value[2] != "-"
-        or value[35] != "-"
-        or value[52] != "-"
-        or not value.startswith("00")
-    ):
-        return None
-    trace_hex, span_hex, flags_hex = value[3:35], value[36:52], value[53:55]
-    if not _HEX.issuperset(trace_hex) or not _HEX.issuperset(span_hex):
-        return None
-    if not _HEX.issuperset(flags_hex):
-        return None
-    trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
-    if not trace_id or not span_id:
-        return None
-    return SpanContext(
-        trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(flags_hex, 16))
-    )
-
-
 def inject_grpc_metadata(
     metadata: list[tuple[str, str]], ctx: otel_context.Context | None = None
 ) -> None:
     """Write the trace context into outgoing gRPC metadata."""
-    if _uses_default_propagators():
-        span_context = trace.get_current_span(ctx).get_span_context()
-        if not span_context.is_valid:
-            # Nothing to carry but (perhaps) baggage.
-            if not baggage.get_all(ctx):
-                return
-        elif not span_context.trace_state and not baggage.get_all(ctx):
-            value = (
-                f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-"
-                f"{span_context.trace_flags:02x}"
-            )
-            metadata[:] = [(k, v) for k, v in metadata if k != _TRACEPARENT]
-            metadata.append((_TRACEPARENT, value))
-            return
     propagate.inject(metadata, context=ctx, setter=_MetadataSetter())
 
 
 def extract_grpc_context(metadata: Iterable[tuple[str, Any]] | None) -> otel_context.Context:
     """The trace context carried by incoming gRPC metadata."""
-    items = list(metadata or ())
-    if _uses_default_propagators():
-        found = [(k, v) for k, v in items if k in _PROPAGATION_HEADERS]
-        if not found:
-            return otel_context.Context()
-        if len(found) == 1 and found[0][0] == _TRACEPARENT:
-            value = found[0][1]
-            if not isinstance(value, str):
-                value = bytes(value).decode("utf-8", "replace")
-            span_context = _parse_traceparent(value)
-            if span_context is not None:
-                return trace.set_span_in_context(
-                    NonRecordingSpan(span_context), otel_context.Context()
-                )
-    return propagate.extract(items, getter=_MetadataGetter())
+    return propagate.extract(list(metadata or ()), getter=_MetadataGetter())
 
 
 def current_trace_ids() -> Mapping[str, str]:

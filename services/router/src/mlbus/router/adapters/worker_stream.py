@@ -88,6 +88,12 @@ class _Stream:
         #: Sends a held outbox when the coalescing wait is over.
         self.timer: asyncio.TimerHandle | None = None
 
+    def cancel_timer(self) -> None:
+        """End a coalescing wait without writing (the caller writes, or the stream ended)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
     @property
     def unanswered(self) -> int:
         """Requests written to the worker and not answered yet (a caller that gave up
@@ -152,9 +158,7 @@ class WorkerStream:
             )
         finally:
             stream.failed = failure
-            if stream.timer is not None:
-                stream.timer.cancel()
-                stream.timer = None
+            stream.cancel_timer()
             if self._stream is stream:
                 self._stream = None
             for future in stream.pending.values():
@@ -213,17 +217,13 @@ class WorkerStream:
                     self._coalesce_s, self._start_writing, stream
                 )
             return True
-        if stream.timer is not None:
-            stream.timer.cancel()
-            stream.timer = None
+        stream.cancel_timer()
         return False
 
     def _start_writing(self, stream: _Stream) -> None:
         """Write the outbox from a task of its own (the timer ran out, the worker answered
         everything, or a writing caller was cancelled)."""
-        if stream.timer is not None:
-            stream.timer.cancel()
-            stream.timer = None
+        stream.cancel_timer()
         if stream.writing or stream.failed is not None or not len(stream.outbox.requests):
             return
         stream.writing = True
@@ -259,9 +259,7 @@ class WorkerStream:
         stream, self._stream = self._stream, None
         if stream is None:
             return
-        if stream.timer is not None:
-            stream.timer.cancel()
-            stream.timer = None
+        stream.cancel_timer()
         stream.call.cancel()
         if stream.reader is not None:
             stream.reader.cancel()
