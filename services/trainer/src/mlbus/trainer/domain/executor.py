@@ -106,18 +106,34 @@ class RunningJob:
 
 
 class LogWriter:
-    """Numbers a job's log lines and writes them to the store in batches."""
+    """Numbers a job's log lines and writes them to the store in batches.
+
+    Closing waits for a write in progress instead of cancelling it: a cancelled write
+    had already taken its lines out of the buffer, so they were lost (the last lines of
+    a job, such as "process ended", went missing when a batch was being written as the
+    job's process ended). A write that fails keeps its lines for the next one; the final
+    write is tried a few times before the lines are given up, with an error logged.
+    """
 
     def __init__(
-        self, store: JobStore, job_id: str, *, first: int, interval_s: float, max_chars: int
+        self,
+        store: JobStore,
+        job_id: str,
+        *,
+        first: int,
+        interval_s: float,
+        max_chars: int,
+        close_attempts: int = 3,
     ) -> None:
         self.store = store
         self.job_id = job_id
         self.next_number = first
         self.interval_s = interval_s
         self.max_chars = max_chars
+        self.close_attempts = close_attempts
         self._buffer: list[LogLine] = []
         self._task: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
 
     def write(self, text: str) -> None:
         """Queue one line."""
@@ -126,19 +142,28 @@ class LogWriter:
         self._buffer.append(LogLine(number=self.next_number, time=utcnow(), text=text))
         self.next_number += 1
 
-    async def flush(self) -> None:
-        """Write the queued lines now."""
+    @property
+    def pending(self) -> int:
+        """Lines queued and not yet stored."""
+        return len(self._buffer)
+
+    async def flush(self) -> bool:
+        """Write the queued lines now; False if the store refused them (they stay queued)."""
         lines, self._buffer = self._buffer, []
-        if lines:
-            try:
-                await self.store.append_logs(self.job_id, lines)
-            except Exception:
-                log.exception("writing log lines of job %s failed", self.job_id)
-                self._buffer = lines + self._buffer
+        if not lines:
+            return True
+        try:
+            await self.store.append_logs(self.job_id, lines)
+        except Exception:
+            log.exception("writing log lines of job %s failed", self.job_id)
+            self._buffer = lines + self._buffer
+            return False
+        return True
 
     async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
+        while not self._closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self.interval_s)
             await self.flush()
 
     def start(self) -> None:
@@ -146,12 +171,24 @@ class LogWriter:
         self._task = asyncio.create_task(self._loop(), name=f"mlbus-trainer-logs-{self.job_id}")
 
     async def close(self) -> None:
-        """Stop flushing and write what is left."""
+        """Stop flushing and write what is left (after a write in progress has ended)."""
+        self._closing.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.flush()
+            try:
+                await asyncio.shield(self._task)
+            except asyncio.CancelledError:
+                self._task.cancel()
+                raise
+            except Exception:
+                log.exception("the log writer of job %s failed", self.job_id)
+        for attempt in range(self.close_attempts):
+            if await self.flush():
+                return
+            if attempt + 1 < self.close_attempts:
+                await asyncio.sleep(min(self.interval_s * 2**attempt, 2.0))
+        log.error(
+            "job %s: %d log lines could not be stored and are lost", self.job_id, self.pending
+        )
 
 
 def _signal_name(returncode: int) -> str:
