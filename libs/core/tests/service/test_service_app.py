@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -73,3 +74,28 @@ async def test_unreachable_bus_fails_start_with_a_clear_error() -> None:
     with pytest.raises(Unavailable, match=r"Kafka at 127\.0\.0\.1:\d+ not reachable within 2s"):
         await app.start()
     await app.stop()
+
+
+async def test_the_listening_port_is_written_to_the_port_file(tmp_path: Path) -> None:
+    port_file = tmp_path / "run" / "registry.port"
+    port_file.parent.mkdir()
+    port_file.write_text("1\n")  # left by an earlier process: replaced, not appended to
+    settings = ServiceSettings(
+        grpc_port=0, port_file=port_file, grpc=GrpcSettings(shutdown_grace_s=1)
+    )
+    app = ServiceApp(settings, bus_required=False)
+    try:
+        port = await app.start()
+        assert port > 0
+        assert port_file.read_text() == f"{port}\n"
+        assert sorted(p.name for p in port_file.parent.iterdir()) == ["registry.port"]
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{int(port_file.read_text())}")
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=5
+            )
+        finally:
+            await channel.close(None)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await app.stop()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -63,6 +64,7 @@ class ServiceApp:
         self._on_start: list[Hook] = []
         self._on_stop: list[Hook] = []
         self._started = False
+        self._announced: int | None = None
 
     def add_consumer(self, consumer: EventConsumer) -> None:
         """Run ``consumer`` between bus start and server start; stop it before the bus."""
@@ -107,6 +109,7 @@ class ServiceApp:
         for consumer in self.consumers:
             await consumer.start()
         port = await self.server.start()
+        self.announce_port(port)
         self._started = True
         log.info(
             "service ready",
@@ -117,6 +120,22 @@ class ServiceApp:
             },
         )
         return port
+
+    def announce_port(self, port: int) -> None:
+        """Write the listening gRPC port to ``settings.port_file`` when one is set (once).
+
+        Written to a temporary name and renamed, so a reader never sees a partial number.
+        A supervisor that picks a port itself and passes it in races every other process
+        for it until the service binds; one that passes port 0 and reads this file does
+        not."""
+        path = self.settings.port_file
+        if path is None or self._announced == port:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        partial.write_text(f"{port}\n")
+        os.replace(partial, path)
+        self._announced = port
 
     async def stop(self) -> None:
         """Stop in reverse order; in-flight RPCs get the configured grace period."""

@@ -157,6 +157,8 @@ class ServiceSettings(BaseSettings):
     """gRPC port; 0 picks a free port (the chosen port is logged)."""
     metrics_port: int = Field(default=0, ge=0, le=65535)
     """Port of the Prometheus text endpoint; 0 picks a free port."""
+    port_file: Path | None = None
+    """Once the gRPC server listens, its port is written to this file (atomically, as decimal text): how a supervisor that starts the service with grpc_port 0 learns the port the kernel chose."""
     home: Path = DEFAULT_HOME
     """Directory for this stack's local state (databases, logs)."""
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)

@@ -175,6 +175,8 @@ class InferenceApp(ServiceApp):
 
     async def _listen_then_load(self, *, serving: bool = True) -> int:
         port = await self._listen(serving=False)
+        # Before the model loads: the router reads the port to probe readiness.
+        self.announce_port(port)
         await self.worker.load()
         await self.server.set_serving(serving)
         # After SERVING, in the background: joining the request topic's group takes seconds

@@ -458,8 +458,8 @@ class DeploymentController:
                 await asyncio.sleep(cfg.restart_backoff_s)
                 continue
             worker.process = process
-            client = self._client_factory(process.address, self.grpc_settings)
-            if await self._wait_ready(process, client):
+            client = await self._connect(process)
+            if client is not None:
                 worker.instance = Instance(id=worker.id, address=process.address, client=client)
                 worker.state = WorkerState.READY
                 worker.error = ""
@@ -476,10 +476,14 @@ class DeploymentController:
                     },
                 )
                 return True
-            await client.close()
             code = process.returncode
             if code is None:
-                worker.error = f"not SERVING within {cfg.ready_timeout_s:.0f}s"
+                worker.error = (
+                    f"not SERVING within {cfg.ready_timeout_s:.0f}s"
+                    if process.address
+                    else f"not listening within {cfg.ready_timeout_s:.0f}s (no port in "
+                    f"{process.port_file})"
+                )
                 await process.stop(cfg.stop_grace_s)
             else:
                 kind = (
@@ -502,8 +506,21 @@ class DeploymentController:
         worker.state = WorkerState.FAILED
         return False
 
-    async def _wait_ready(self, process: WorkerProcess, client: WorkerClient) -> bool:
+    async def _connect(self, process: WorkerProcess) -> WorkerClient | None:
+        """A client of the started worker once it listens and reports SERVING; None when
+        it exited or ran out of ``ready_timeout_s`` first."""
         deadline = time.monotonic() + self.settings.ready_timeout_s
+        if not await process.bound(self.settings.ready_timeout_s) or self._stopping:
+            return None
+        client = self._client_factory(process.address, self.grpc_settings)
+        if await self._wait_ready(process, client, deadline):
+            return client
+        await client.close()
+        return None
+
+    async def _wait_ready(
+        self, process: WorkerProcess, client: WorkerClient, deadline: float
+    ) -> bool:
         delay = 0.02
         while time.monotonic() < deadline and not self._stopping:
             if process.returncode is not None:

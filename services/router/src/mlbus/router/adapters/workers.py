@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -46,12 +45,6 @@ _READY: Final = f"/{SERVICE}/ModelReady"
 #: Exit status of a worker whose model could not be loaded (see services/inference).
 EXIT_LOAD_FAILED: Final = 3
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 class WorkerClient:
@@ -125,13 +118,46 @@ class WorkerProcess:
         address: str,
         log_path: Path,
         process: asyncio.subprocess.Process,
+        *,
+        port_file: Path | None = None,
+        host: str = "",
     ) -> None:
         self.instance_id = instance_id
         self.spec = spec
+        #: ``host:port`` of its gRPC server; empty until :meth:`bound` read the port file.
         self.address = address
         self.log_path = log_path
+        self.port_file = port_file
+        self._host = f"[{host}]" if ":" in host else host
         self._process = process
         self.started_at = time.monotonic()
+
+    async def bound(self, timeout_s: float) -> bool:
+        """Wait until the worker listens and its address is known: True then; False if it
+        exited first or did not listen within ``timeout_s``.
+
+        A worker started with port 0 writes the port the kernel gave it to ``port_file``
+        (see ``ServiceSettings.port_file``). Choosing a free port here and passing it in
+        would leave a window until the worker binds in which another process, or a second
+        worker started at the same moment, can take that port: the worker then cannot
+        start, or the router probes the other worker's server as if it were this one's."""
+        if self.address:
+            return True
+        assert self.port_file is not None
+        deadline = time.monotonic() + timeout_s
+        delay = 0.005
+        while True:
+            try:
+                text = self.port_file.read_text()
+            except FileNotFoundError:
+                text = ""
+            if text.strip().isdigit():
+                self.address = f"{self._host}:{int(text)}"
+                return True
+            if self.returncode is not None or time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     @property
     def pid(self) -> int:
@@ -153,12 +179,15 @@ class WorkerProcess:
             with contextlib.suppress(ProcessLookupError):
                 self._process.terminate()
             try:
-                return await asyncio.wait_for(self._process.wait(), grace_s)
+                await asyncio.wait_for(self._process.wait(), grace_s)
             except TimeoutError:
                 log.warning("worker did not stop in time; killing it", extra=self._log_extra())
                 with contextlib.suppress(ProcessLookupError):
                     self._process.kill()
-        return await self._process.wait()
+        code = await self._process.wait()
+        if self.port_file is not None:
+            self.port_file.unlink(missing_ok=True)
+        return code
 
     def log_tail(self, lines: int = 5) -> str:
         """The last lines the worker wrote (for error messages)."""
@@ -192,19 +221,25 @@ class ProcessBackend:
         self.host = host
 
     async def spawn(self, spec: WorkerSpec, instance_id: str) -> WorkerProcess:
-        """Start one worker for ``spec``; returns at once (readiness is the caller's)."""
+        """Start one worker for ``spec``; returns at once (its address is known once
+        :meth:`WorkerProcess.bound`; readiness is the caller's)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        port = _free_port(self.host)
+        name = _SAFE.sub("_", instance_id)
+        port_file = self.log_dir / f"{name}.port"
+        # Instance ids restart at 1 with the router: a file left by an earlier router's
+        # worker of the same id must not be read as this one's port.
+        port_file.unlink(missing_ok=True)
         env = {
             **self.base_env,
             **spec.env(),
             "INFERENCE_HOST": self.host,
-            "INFERENCE_GRPC_PORT": str(port),
+            "INFERENCE_GRPC_PORT": "0",
+            "INFERENCE_PORT_FILE": str(port_file),
             "INFERENCE_METRICS_PORT": "0",
             # The worker asks the kernel to stop it when the router dies (see mlbus.core.process).
             PARENT_PID_ENV: str(os.getpid()),
         }
-        log_path = self.log_dir / f"{_SAFE.sub('_', instance_id)}.log"
+        log_path = self.log_dir / f"{name}.log"
         with log_path.open("ab") as log_file:
             process = await asyncio.create_subprocess_exec(
                 *self.command,
@@ -213,14 +248,15 @@ class ProcessBackend:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        worker = WorkerProcess(instance_id, spec, f"{host}:{port}", log_path, process)
+        worker = WorkerProcess(
+            instance_id, spec, "", log_path, process, port_file=port_file, host=self.host
+        )
         log.info(
             "worker started",
             extra={
                 "instance": instance_id,
                 "pid": process.pid,
-                "address": worker.address,
+                "port_file": str(port_file),
                 "log_file": str(log_path),
             },
         )
