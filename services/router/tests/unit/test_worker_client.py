@@ -226,3 +226,64 @@ async def test_a_held_request_goes_when_its_wait_is_over(
     finally:
         await client.close()
         await server.stop(None)
+
+
+async def test_a_caller_cancelled_while_its_write_waits_leaves_the_stream_working() -> None:
+    # The worker reads one message, then nothing until `go`: the requests written after it
+    # fill the flow-control windows until a write has to wait. Its caller goes away (a
+    # client deadline or cancellation) while it waits; gRPC cancels a whole stream whose
+    # write is cancelled, so the write must not run in that caller's task.
+    go = asyncio.Event()
+    streams = 0
+
+    async def infer(batches: Any, context: Any) -> Any:
+        nonlocal streams
+        streams += 1
+
+        def answers(batch: wpb.StreamInferRequests) -> wpb.StreamInferResponses:
+            return wpb.StreamInferResponses(
+                responses=[
+                    wpb.StreamInferResponse(sequence=r.sequence, response=r.request[:4])
+                    for r in batch.requests
+                ]
+            )
+
+        received = batches.__aiter__()
+        first = await received.__anext__()
+        await go.wait()
+        yield answers(first)
+        async for batch in received:
+            yield answers(batch)
+
+    server, address = await serve([stream_handler(infer)])
+    client = WorkerClient(address, GrpcSettings(), coalesce_s=0)
+    big = b"big!" * (200 * 1024 // 4)  # 200 KiB: on the stream, under its size limit
+    try:
+        held = asyncio.ensure_future(client.infer(b"held", timeout=30))
+        await asyncio.sleep(0.2)
+        filling: list[asyncio.Future[bytes]] = []
+        stream = client.stream._stream
+        assert stream is not None
+        for _ in range(400):  # ~80 MiB at most; windows and socket buffers hold a few MiB
+            filling.append(asyncio.ensure_future(client.infer(big, timeout=30)))
+            await asyncio.sleep(0.005)
+            if stream.writing:
+                await asyncio.sleep(0.1)
+                if stream.writing:
+                    break
+        else:
+            pytest.fail("no write had to wait")
+        writer = filling.pop()  # its request is the one being written
+        writer.cancel()
+        await asyncio.sleep(0.1)
+        later = asyncio.ensure_future(client.infer(b"late", timeout=30))
+        go.set()
+        assert await asyncio.wait_for(held, 10) == b"held"
+        assert await asyncio.wait_for(asyncio.gather(*filling), 20) == [b"big!"] * len(filling)
+        assert await asyncio.wait_for(later, 10) == b"late"
+        assert writer.cancelled()
+        assert streams == 1  # the same stream throughout
+    finally:
+        go.set()
+        await client.close()
+        await server.stop(None)

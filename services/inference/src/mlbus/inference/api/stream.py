@@ -20,8 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import types
-from collections.abc import AsyncIterator, Coroutine, Generator
+from collections.abc import AsyncIterator
 from typing import Any, Final
 
 import grpc
@@ -30,6 +29,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
+from mlbus.core.eager import start_eagerly
 from mlbus.core.errors import MlbusError
 from mlbus.core.rpc.interceptors import details_to_metadata
 from mlbus.core.telemetry import extract_grpc_context
@@ -54,30 +54,6 @@ _DEADLINE: Final = "mlbus: the request's deadline passed"
 
 def _code(code: grpc.StatusCode) -> int:
     return int(code.value[0])
-
-
-@types.coroutine
-def _resume(coro: Coroutine[Any, Any, Any], waiting_on: Any) -> Generator[Any, Any, Any]:
-    """Carry on ``coro``, which has taken steps already and now waits on ``waiting_on`` (what
-    its last step yielded), inside the task that awaits this: every later step's yield goes
-    to that task and everything the task sends or throws goes to ``coro``."""
-    while True:
-        try:
-            sent = yield waiting_on
-        except BaseException as exc:  # thrown in by the task: cancellation
-            try:
-                waiting_on = coro.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-        else:
-            try:
-                waiting_on = coro.send(sent)
-            except StopIteration as stop:
-                return stop.value
-
-
-async def _continue(coro: Coroutine[Any, Any, Any], waiting_on: Any) -> Any:
-    return await _resume(coro, waiting_on)
 
 
 class WorkerStreamServicer:
@@ -125,14 +101,13 @@ class WorkerStreamServicer:
             deadline = (
                 loop.time() + message.timeout_seconds if message.timeout_seconds > 0 else None
             )
-            coro = self._one(message, deadline)
-            context = contextvars.copy_context()
-            try:
-                waiting_on = context.run(coro.send, None)
-            except StopIteration as done:
-                outbox.append(done.value)
+            task, answer = start_eagerly(
+                self._one(message, deadline), context=contextvars.copy_context()
+            )
+            if task is None:
+                assert answer is not None
+                outbox.append(answer)
                 return
-            task = loop.create_task(_continue(coro, waiting_on), context=context)
             tasks.add(task)
             task.add_done_callback(answered)
             if deadline is not None:

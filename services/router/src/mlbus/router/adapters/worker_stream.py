@@ -33,6 +33,7 @@ from typing import Any, Final
 
 import grpc
 
+from mlbus.core.eager import start_eagerly
 from mlbus.inference.v1 import worker_pb2 as wpb
 
 STREAM_INFER: Final = "/mlbus.inference.v1.WorkerStreamService/Infer"
@@ -183,9 +184,9 @@ class WorkerStream:
         stream.outbox_bytes += len(request)
         write_now = not stream.writing and not self._hold(stream)
         try:
+            if write_now:
+                self._write_eagerly(stream)
             async with asyncio.timeout(timeout + _DEADLINE_GRACE_S):
-                if write_now:
-                    await self._write(stream)
                 reply = await future
         except TimeoutError:
             raise StreamCallError(
@@ -221,8 +222,8 @@ class WorkerStream:
         return False
 
     def _start_writing(self, stream: _Stream) -> None:
-        """Write the outbox from a task of its own (the timer ran out, the worker answered
-        everything, or a writing caller was cancelled)."""
+        """Write the outbox from a task of its own (the timer ran out, or the worker
+        answered everything)."""
         stream.cancel_timer()
         if stream.writing or stream.failed is not None or not len(stream.outbox.requests):
             return
@@ -231,10 +232,21 @@ class WorkerStream:
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
+    def _write_eagerly(self, stream: _Stream) -> None:
+        """Start writing the outbox now, in the caller, and finish the write in a task of
+        its own: a caller cancelled while the write waits (on the worker's flow control)
+        must not cancel it, since gRPC then cancels the whole stream and fails every other
+        request on it."""
+        stream.writing = True
+        task, _ = start_eagerly(self._write(stream))
+        if task is not None:
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+
     async def _write(self, stream: _Stream) -> None:
         """Write the outbox, and whatever queued up meanwhile, until it is empty (one write
         at a time per stream: requests that arrive during a write go in the next message).
-        Runs in the caller's task when its request can go at once."""
+        Never runs in a caller's task (see :meth:`_write_eagerly`)."""
         stream.writing = True
         broken = False
         try:
@@ -251,7 +263,7 @@ class WorkerStream:
         finally:
             stream.writing = False
             if not broken and len(stream.outbox.requests) and stream.failed is None:
-                # The writing caller was cancelled (it went away) with requests queued.
+                # The write was cancelled (the client is closing) with requests queued.
                 self._start_writing(stream)
 
     async def close(self) -> None:
