@@ -97,3 +97,21 @@ async def test_long_lines_are_cut_and_numbers_continue_from_the_first() -> None:
     logs.write("ok")
     await logs.close()
     assert store.stored == [(41, "01234 [cut]"), (42, "ok")]
+
+
+async def test_cancelling_the_closer_does_not_cancel_the_final_write() -> None:
+    store = Store()
+    store.gate = asyncio.Event()
+    logs = writer(store)
+    logs.write("last line")
+    closing = asyncio.create_task(logs.close())
+    await asyncio.wait_for(store.writing.wait(), 5)
+    closing.cancel()  # e.g. the trainer stopping, out of patience with the job
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    store.gate.set()
+    for _ in range(100):
+        if store.stored:
+            break
+        await asyncio.sleep(0.01)
+    assert store.stored == [(1, "last line")]

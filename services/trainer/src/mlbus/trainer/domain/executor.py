@@ -108,10 +108,10 @@ class RunningJob:
 class LogWriter:
     """Numbers a job's log lines and writes them to the store in batches.
 
-    Closing waits for a write in progress instead of cancelling it: a cancelled write
-    had already taken its lines out of the buffer, so they were lost (the last lines of
-    a job, such as "process ended", went missing when a batch was being written as the
-    job's process ended). A write that fails keeps its lines for the next one; the final
+    No write is ever cancelled halfway: a cancelled write had already taken its lines out
+    of the buffer, so they were lost (the last lines of a job, such as "process ended",
+    went missing when a batch was being written as the job's process ended). Closing
+    waits for a write in progress, and the final write outlives a cancelled caller. A write that fails keeps its lines for the next one; the final
     write is tried a few times before the lines are given up, with an error logged.
     """
 
@@ -171,14 +171,17 @@ class LogWriter:
         self._task = asyncio.create_task(self._loop(), name=f"mlbus-trainer-logs-{self.job_id}")
 
     async def close(self) -> None:
-        """Stop flushing and write what is left (after a write in progress has ended)."""
+        """Stop flushing and write what is left (after a write in progress has ended).
+
+        The writing goes on in a task of its own: cancelling the caller (the trainer
+        stopping, out of patience with a job) does not cancel a write halfway."""
         self._closing.set()
+        await asyncio.shield(self._finish())
+
+    async def _finish(self) -> None:
         if self._task is not None:
             try:
-                await asyncio.shield(self._task)
-            except asyncio.CancelledError:
-                self._task.cancel()
-                raise
+                await self._task
             except Exception:
                 log.exception("the log writer of job %s failed", self.job_id)
         for attempt in range(self.close_attempts):
