@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 import pytest
 
+from mlbus.core import transform as tf
 from mlbus.router.v1 import events_pb2 as rev
 from mlbus.router.v1 import router_pb2 as rpb
 from mlbus.router.v1 import router_pb2_grpc as rpb_grpc
@@ -675,3 +676,66 @@ async def test_csv_without_header_and_an_index_filter(stack: Any, endpoint_name:
         np.array(out, dtype=np.float32), stack.reference(48, x).ravel(), rtol=1e-4, atol=1e-5
     )
     assert fallbacks(stack, endpoint_name) == []
+
+
+async def test_a_chunk_that_cannot_run_fails_its_records_and_the_job_still_ends(
+    stack: Any, endpoint_name: str
+) -> None:
+    # The input shrinks after the split, while the worker is paused: the chunks past the
+    # new end cannot be read, so the worker dead-letters them. Each is then marked done
+    # with its records failed, and the job ends (it used to wait for them for ever).
+    await deploy(stack, endpoint_name, seed=45)
+    stub = rpb_grpc.RouterServiceStub(stack.channel)
+    store = stack.router.transform.store
+    x = csv_rows(3_000, seed=5)
+    rows = [",".join(repr(float(v)) for v in row) for row in x]
+    key = f"shrinking/{endpoint_name}/rows.csv"
+    uri = await put(stack, key, ("a,b,c,d\n" + "\n".join(rows) + "\n").encode())
+    worker = stack.workers(endpoint_name)[0]["pid"]
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        job = (
+            await stub.CreateTransformJob(
+                rpb.CreateTransformJobRequest(
+                    spec=rpb.TransformJobSpec(
+                        endpoint=endpoint_name,
+                        input_uri=uri,
+                        output_uri=prefix_uri(store, f"shrinking-out/{endpoint_name}/"),
+                        records_per_chunk=1_000,
+                    )
+                ),
+                timeout=10,
+            )
+        ).job
+        deadline = time.monotonic() + 30
+        while True:
+            now = (
+                await stub.DescribeTransformJob(
+                    rpb.DescribeTransformJobRequest(job_id=job.job_id), timeout=5
+                )
+            ).job
+            if now.chunks_total == 3 and now.records_total == 3_000:
+                break  # split: every chunk request is on the topic
+            assert time.monotonic() < deadline, now
+            await asyncio.sleep(0.05)
+        # Only the first 1,500 rows are left.
+        await put(stack, key, ("a,b,c,d\n" + "\n".join(rows[:1_500]) + "\n").encode())
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    job = await finished(stub, job.job_id, timeout=120)
+    assert job.status == rev.TRANSFORM_JOB_STATUS_FAILED
+    assert "an input must not change while its job runs" in job.reason, job.reason
+    assert job.chunks_done == 3
+    # Chunks 2 and 3 (rows 1,001-3,000) could not be read: their records failed.
+    assert job.records_failed == 2_000
+    # (A job whose input changed has no outputs; the chunks' error files say why.)
+    errors = [
+        json.loads(line)
+        for index in (1, 2)
+        for line in (
+            await store.read_bytes(store.uri_for(tf.chunk_key(job.job_id, index, "err")))
+        ).splitlines()
+    ]
+    assert [e["line"] for e in errors] == list(range(1_002, 3_002))  # the header is line 1
+    assert "the chunk could not be run and went to" in errors[0]["error"]
+    assert "the input changed" in errors[0]["error"]

@@ -130,6 +130,7 @@ class InferenceApp(ServiceApp):
                 group_id=batch_group_id(endpoint),
                 topics=[batch_topic],
                 handler=self.batch_handler.handle,
+                on_dead_letter=self.batch_handler.on_dead_letter,
                 source=self.name,
                 producer=self.producer,
                 concurrent_partitions=True,

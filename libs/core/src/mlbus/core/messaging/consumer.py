@@ -119,6 +119,8 @@ class DeadLetter:
     partition: int
     offset: int
     error: BaseException
+    #: The decoded message; None when the record could not be decoded (a poison message).
+    message: Any = None
 
 
 DeadLetterHook = Callable[[DeadLetter], Awaitable[None]]
@@ -606,7 +608,9 @@ class EventConsumer:
                     span.record_exception(exc)
                     if attempt > self.settings.retry_attempts:
                         _mark_failed(span, exc)
-                        return await self._dead_letter(state, record, exc, attempts=attempt)
+                        return await self._dead_letter(
+                            state, record, exc, attempts=attempt, message=message
+                        )
                     delay = self.settings.retry_backoff_ms / 1000 * 2 ** (attempt - 1)
                     _retries.add(1, attributes)
                     log.warning(
@@ -629,7 +633,9 @@ class EventConsumer:
                         time.perf_counter() - started, {**attributes, "outcome": "error"}
                     )
                     _mark_failed(span, exc)
-                    return await self._dead_letter(state, record, exc, attempts=attempt)
+                    return await self._dead_letter(
+                        state, record, exc, attempts=attempt, message=message
+                    )
                 else:
                     _duration.record(time.perf_counter() - started, {**attributes, "outcome": "ok"})
                     _handled.add(1, attributes)
@@ -653,6 +659,7 @@ class EventConsumer:
         error: BaseException,
         *,
         attempts: int,
+        message: Any = None,
     ) -> bool:
         topic = state.topic
         error_type = f"{type(error).__module__}.{type(error).__qualname__}"
@@ -701,6 +708,7 @@ class EventConsumer:
                 partition=record.partition,
                 offset=record.offset,
                 error=error,
+                message=message,
             )
             try:
                 await self._on_dead_letter(letter)

@@ -115,7 +115,14 @@ class AsyncRequestHandler:
     # --- the handler -------------------------------------------------------------------
 
     async def handle(self, event: Event[Any]) -> None:
-        """Consumer handler: run one request (idempotently)."""
+        """Consumer handler: run one request (idempotently). The object store or the model
+        being unavailable is retried (then the request is dead-lettered, and failed)."""
+        try:
+            await self._handle(event)
+        except Unavailable as exc:
+            raise RetryableError(str(exc)) from exc
+
+    async def _handle(self, event: Event[Any]) -> None:
         headers = event.headers
         request: pb.ModelInferRequest = event.message
         inference_id = (
@@ -167,8 +174,6 @@ class AsyncRequestHandler:
             response = await asyncio.wait_for(
                 self._run(request, inference_id), timeout=(deadline - started).total_seconds()
             )
-        except Unavailable as exc:
-            raise RetryableError(str(exc)) from exc
         except TimeoutError:
             failure = self._failure(
                 inference_id,
@@ -190,18 +195,26 @@ class AsyncRequestHandler:
         await self._succeed(inference_id, response, receive, started, reply)
 
     async def on_dead_letter(self, letter: DeadLetter) -> None:
-        """Consumer hook: an undecodable request went to the DLQ; tell its sender."""
+        """Consumer hook: a request went to the DLQ (undecodable, or the store or model
+        stayed unavailable through its retries); fail it and tell its sender."""
         headers = letter.headers
         inference_id = ai.header(headers, ai.H_INFERENCE_ID) or (
             letter.key.decode("utf-8", "replace") if letter.key else ""
         )
         if not inference_id:
             return
+        if letter.message is None:
+            code = "INVALID_ARGUMENT"
+            text = f"request could not be decoded and was sent to {letter.topic.dlq_name}"
+        else:
+            code = "UNAVAILABLE" if isinstance(letter.error, RetryableError) else "INTERNAL"
+            text = f"request could not be run and was sent to {letter.topic.dlq_name}"
+        cause = letter.error.__cause__ if isinstance(letter.error, RetryableError) else None
         failure = self._failure(
             inference_id,
             "FAILED",
-            "INVALID_ARGUMENT",
-            f"request could not be decoded and was sent to {letter.topic.dlq_name}: {letter.error}",
+            code,
+            f"{text}: {cause or letter.error}",
             datetime.now(UTC),
             None,
             1,
@@ -236,6 +249,8 @@ class AsyncRequestHandler:
         sha = ai.header(headers, ai.H_INPUT_SHA256) or None
         try:
             data = await self.store.read_bytes(uri, expected_sha256=sha)
+        except Unavailable:
+            raise  # the store, not the input: retried
         except MlbusError as exc:
             raise InvalidArgument(f"input {uri}: {exc.message}") from exc
         loaded = pb.ModelInferRequest()

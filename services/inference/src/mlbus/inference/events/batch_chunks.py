@@ -29,13 +29,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from mlbus.core import transform as tf
 from mlbus.core.errors import AlreadyExists, InvalidArgument, MlbusError, NotFound, Unavailable
-from mlbus.core.messaging import Event, RetryableError
+from mlbus.core.messaging import DeadLetter, Event, RetryableError
 from mlbus.core.storage import ObjectStore
 from mlbus.inference.domain.signature import ModelSignature, TensorSpec
 from mlbus.inference.worker import Worker
@@ -128,12 +128,79 @@ class BatchChunkHandler:
         return manifest
 
     async def handle(self, event: Event[Any]) -> None:
-        """Consumer handler: run one chunk (skipped when already done)."""
+        """Consumer handler: run one chunk (skipped when already done). The object store
+        or the model being unavailable is retried (then the chunk is dead-lettered)."""
         self.running += 1
         try:
             await self._handle(event.message)
+        except Unavailable as exc:
+            raise RetryableError(str(exc)) from exc
         finally:
             self.running -= 1
+
+    async def on_dead_letter(self, letter: DeadLetter) -> None:
+        """Consumer hook: a chunk that could not be run went to the dead-letter topic. It
+        is marked done with every record failed (the reason in its errors file): the job
+        then ends, COMPLETED_WITH_ERRORS or FAILED as its failures decide, instead of
+        waiting for the chunk for ever."""
+        chunk = letter.message
+        if not isinstance(chunk, rev.BatchChunkRequested):
+            log.error(
+                "an undecodable chunk request went to %s: its job cannot finish",
+                letter.topic.dlq_name,
+                extra={"partition": letter.partition, "offset": letter.offset},
+            )
+            return
+        job_id, index = chunk.job_id, int(chunk.chunk_index)
+        where = {"job_id": job_id, "chunk": index}
+        store = self.store
+        if await store.exists(store.uri_for(tf.chunk_key(job_id, index, "done"))):
+            return  # another delivery finished it
+        manifest = await self._manifest(job_id, fresh=True)
+        if manifest is None or manifest.stopped:
+            return
+        source = manifest.file_of(index)
+        cause = letter.error.__cause__ if isinstance(letter.error, RetryableError) else None
+        reason = (
+            f"the chunk could not be run and went to {letter.topic.dlq_name}: "
+            f"{cause or letter.error}"
+        )
+        try:
+            lines = [
+                r.line
+                for r in self._split(
+                    manifest, source, chunk, await self._read(manifest, source, chunk)
+                )
+            ]
+        except Exception:
+            # Its bytes cannot be read (or split) any more: number its records as the
+            # router counted them.
+            first = int(chunk.first_record_index) + 1
+            if manifest.content_type == tf.CSV and manifest.csv_header and source.columns:
+                first += 1
+            lines = list(range(first, first + int(chunk.record_count)))
+        errors = b"".join(
+            json.dumps({"file": source.name, "line": line, "error": reason}).encode() + b"\n"
+            for line in lines
+        )
+        done = json.dumps({"records": len(lines), "failed": len(lines)}).encode()
+        files: list[tuple[Literal["out", "err", "done"], bytes]] = [
+            ("out", b""),
+            ("err", errors),
+            ("done", done),
+        ]
+        for suffix, body in files:
+            with contextlib.suppress(AlreadyExists):
+                await store.put(
+                    tf.chunk_key(job_id, index, suffix),
+                    body,
+                    content_type="application/octet-stream",
+                    if_absent=True,
+                )
+        self.failed += len(lines)
+        log.warning(
+            "chunk marked failed: %d records", len(lines), extra={**where, "reason": reason}
+        )
 
     async def _handle(self, chunk: rev.BatchChunkRequested) -> None:
         job_id, index = chunk.job_id, int(chunk.chunk_index)
