@@ -152,3 +152,19 @@ async def test_a_database_shared_with_the_registry_migrates_both(postgres_url: s
             )
     finally:
         await database.aclose()
+
+
+async def test_unsent_events_of_other_writers_count_once_stale(store: SqlJobStore) -> None:
+    other = SqlJobStore(store.db, "other")
+    await other.insert(job("theirs"), event)
+    await store.insert(job("ours"), event)
+    assert [e.job_id for e in await store.pending_events(["writer"], 10)] == ["ours"]
+    before = datetime.now(UTC) - timedelta(minutes=1)
+    assert [e.job_id for e in await store.pending_events(["writer"], 10, stale_before=before)] == [
+        "ours"
+    ]
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    assert [e.job_id for e in await store.pending_events(["writer"], 10, stale_before=later)] == [
+        "theirs",
+        "ours",
+    ]

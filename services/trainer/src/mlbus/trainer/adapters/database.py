@@ -532,11 +532,18 @@ class SqlJobStore:
             )
         )
 
-    async def pending_events(self, trainer_ids: Sequence[str], limit: int) -> list[OutboxEvent]:
-        """Unsent events written for ``trainer_ids``, oldest first."""
+    async def pending_events(
+        self, trainer_ids: Sequence[str], limit: int, *, stale_before: datetime | None = None
+    ) -> list[OutboxEvent]:
+        """Unsent events written by ``trainer_ids`` — and, with ``stale_before``, unsent
+        events of any writer created before then — oldest first."""
+        mine = t.outbox.c.trainer_id.in_(list(trainer_ids))
+        which = (
+            mine if stale_before is None else or_(mine, t.outbox.c.create_time < _utc(stale_before))
+        )
         query = (
             select(t.outbox)
-            .where(t.outbox.c.sent_time.is_(None), t.outbox.c.trainer_id.in_(list(trainer_ids)))
+            .where(t.outbox.c.sent_time.is_(None), which)
             .order_by(t.outbox.c.id)
             .limit(limit)
         )

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
@@ -77,7 +77,13 @@ class JobRequestHandler:
 
 class OutboxRelay:
     """Publishes this replica's status events from the outbox, in order, at least once
-    (each with its outbox event id as ``ce_id``, so consumers can drop duplicates)."""
+    (each with its outbox event id as ``ce_id``, so consumers can drop duplicates).
+
+    Events another writer left unsent for ``adopt_after`` are published too: a replica
+    that went away for good (a pod replaced under a new name, a host retired) would
+    otherwise leave its last events — a job's COMPLETED among them — unsent for ever. A
+    replica that is only slow to publish may then see some of its events published twice,
+    which the ``ce_id`` makes harmless."""
 
     def __init__(
         self,
@@ -88,6 +94,8 @@ class OutboxRelay:
         poll_interval_s: float = 0.2,
         batch_size: int = 200,
         retention: timedelta = timedelta(days=7),
+        adopt_after: timedelta = timedelta(minutes=1),
+        stop_timeout_s: float = 5.0,
     ) -> None:
         self.store = store
         self.producer = producer
@@ -95,8 +103,11 @@ class OutboxRelay:
         self.poll_interval_s = poll_interval_s
         self.batch_size = batch_size
         self.retention = retention
+        self.adopt_after = adopt_after
+        self.stop_timeout_s = stop_timeout_s
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._stopping = False
 
     def notify(self) -> None:
         """Publish now instead of at the next poll."""
@@ -107,17 +118,40 @@ class OutboxRelay:
         self._task = asyncio.create_task(self._loop(), name="mlbus-trainer-relay")
 
     async def stop(self) -> None:
-        """Publish what is pending (briefly), then stop."""
+        """Publish what is pending (for up to ``stop_timeout_s``), then stop.
+
+        The loop is asked to end, not cancelled: a cancelled batch may have been published
+        without being marked sent (it would all go again at the next start)."""
+        self._stopping = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.relay_once(), timeout=5.0)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), self.stop_timeout_s)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            except Exception:
+                log.exception("the status-event relay failed")
+        try:
+            left = await self.store.pending_events([self.store.writer_id], 1)
+        except Exception as exc:
+            log.warning("cannot tell whether status events are left unsent: %s", exc)
+            return
+        if left:
+            log.warning(
+                "status events are left unsent at stop; this replica publishes them when it "
+                "starts again, any other after %.0fs",
+                self.adopt_after.total_seconds(),
+            )
 
     async def relay_once(self) -> int:
         """Publish one batch; how many were published."""
-        events = await self.store.pending_events([self.store.writer_id], self.batch_size)
+        events = await self.store.pending_events(
+            [self.store.writer_id],
+            self.batch_size,
+            stale_before=datetime.now(UTC) - self.adopt_after,
+        )
         sent: list[int] = []
         try:
             for item in events:
@@ -137,6 +171,7 @@ class OutboxRelay:
         backoff = self.poll_interval_s
         rounds = 0
         while True:
+            self._wake.clear()  # before the batch: a notify() meanwhile means "go again"
             try:
                 count = await self.relay_once()
                 backoff = self.poll_interval_s
@@ -150,6 +185,7 @@ class OutboxRelay:
             except Exception as exc:
                 log.warning("relaying status events failed: %s", exc)
                 backoff = min(backoff * 2, 10.0)
-            self._wake.clear()
+            if self._stopping:
+                return  # everything pending went (or could not go: logged by stop)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=backoff)
