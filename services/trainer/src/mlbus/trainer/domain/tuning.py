@@ -167,78 +167,90 @@ class TuningCoordinator:
         first_failure = ""
         started_trials = 0
         suffix = f"-a{job.attempts}" if job.attempts > 1 else ""
-        while True:
-            while (
-                not handle.stop_reason
-                and started_trials < total
-                and len(active) < tuning.max_parallel_jobs
-            ):
-                trial = study.ask(distributions)
-                started_trials += 1
-                trial_id = f"{job.job_id}{suffix}-trial-{next(counter):03d}"
-                params = {
-                    **job.spec.hyperparameters,
-                    **{k: _text(v) for k, v in trial.params.items()},
-                }
-                spec = job.spec.model_copy(
-                    update={"hyperparameters": params, "model_group": "", "tuning": None}
-                )
-                trial_job = Job(
-                    job_id=trial_id,
-                    kind=JobKind.TRAINING,
-                    experiment=job.experiment,
-                    spec=spec,
-                    actor=job.actor,
-                    create_time=utcnow(),
-                    parent_job_id=job.job_id,
-                    trainer_id=self.scheduler.trainer_id,
-                )
-                stored, _ = await self.store.insert(trial_job, self.make_event)
-                child = RunningJob(trial_id)
-                child.on_iteration = self._pruning(trial, child, metric)
-                handle.children.append(child)
-                task = asyncio.create_task(
-                    self.executor.run(stored, child), name=f"mlbus-trial-{trial_id}"
-                )
-                active[task] = (trial, child)
-            if not active:
-                break
-            done, _ = await asyncio.wait(active, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                trial, child = active.pop(task)
-                handle.children.remove(child)
-                ended = task.result() if not task.cancelled() else None
-                value = ended.result.metrics.get(metric) if ended is not None else None
-                if ended is not None and ended.status == JobStatus.COMPLETED and value is not None:
-                    study.tell(trial, value)
-                    results[ended.job_id] = ended
-                    progress = progress.model_copy(
-                        update={"trials_completed": progress.trials_completed + 1}
-                    )
-                elif child.pruned and (ended is None or ended.status == JobStatus.STOPPED):
-                    # Pruned only if the early stop cut it short: a trial that completed or
-                    # failed first ended as it did.
-                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                    progress = progress.model_copy(
-                        update={"trials_pruned": progress.trials_pruned + 1}
-                    )
-                else:
-                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                    progress = progress.model_copy(
-                        update={"trials_failed": progress.trials_failed + 1}
-                    )
-                    if ended is not None and not first_failure:
-                        first_failure = f"{ended.job_id}: {ended.reason}"
-            best = self._best(results, metric, tuning.direction)
-            if best is not None:
-                progress = progress.model_copy(
-                    update={
-                        "best_trial_job_id": best.job_id,
-                        "best_objective": best.result.metrics[metric],
+        try:
+            while True:
+                while (
+                    not handle.stop_reason
+                    and started_trials < total
+                    and len(active) < tuning.max_parallel_jobs
+                ):
+                    trial = study.ask(distributions)
+                    started_trials += 1
+                    trial_id = f"{job.job_id}{suffix}-trial-{next(counter):03d}"
+                    params = {
+                        **job.spec.hyperparameters,
+                        **{k: _text(v) for k, v in trial.params.items()},
                     }
-                )
-            if not handle.abandoned:
-                await self._progress(job, progress)
+                    spec = job.spec.model_copy(
+                        update={"hyperparameters": params, "model_group": "", "tuning": None}
+                    )
+                    trial_job = Job(
+                        job_id=trial_id,
+                        kind=JobKind.TRAINING,
+                        experiment=job.experiment,
+                        spec=spec,
+                        actor=job.actor,
+                        create_time=utcnow(),
+                        parent_job_id=job.job_id,
+                        trainer_id=self.scheduler.trainer_id,
+                    )
+                    stored, _ = await self.store.insert(trial_job, self.make_event)
+                    child = RunningJob(trial_id)
+                    child.on_iteration = self._pruning(trial, child, metric)
+                    handle.children.append(child)
+                    task = asyncio.create_task(
+                        self.executor.run(stored, child), name=f"mlbus-trial-{trial_id}"
+                    )
+                    active[task] = (trial, child)
+                if not active:
+                    break
+                done, _ = await asyncio.wait(active, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    trial, child = active.pop(task)
+                    handle.children.remove(child)
+                    ended = task.result() if not task.cancelled() else None
+                    value = ended.result.metrics.get(metric) if ended is not None else None
+                    if (
+                        ended is not None
+                        and ended.status == JobStatus.COMPLETED
+                        and value is not None
+                    ):
+                        study.tell(trial, value)
+                        results[ended.job_id] = ended
+                        progress = progress.model_copy(
+                            update={"trials_completed": progress.trials_completed + 1}
+                        )
+                    elif child.pruned and (ended is None or ended.status == JobStatus.STOPPED):
+                        # Pruned only if the early stop cut it short: a trial that completed or
+                        # failed first ended as it did.
+                        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                        progress = progress.model_copy(
+                            update={"trials_pruned": progress.trials_pruned + 1}
+                        )
+                    else:
+                        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                        progress = progress.model_copy(
+                            update={"trials_failed": progress.trials_failed + 1}
+                        )
+                        if ended is not None and not first_failure:
+                            first_failure = f"{ended.job_id}: {ended.reason}"
+                best = self._best(results, metric, tuning.direction)
+                if best is not None:
+                    progress = progress.model_copy(
+                        update={
+                            "best_trial_job_id": best.job_id,
+                            "best_objective": best.result.metrics[metric],
+                        }
+                    )
+                if not handle.abandoned:
+                    await self._progress(job, progress)
+        finally:
+            # Cancelled (the trainer stopping, out of patience) or failed midway: its trials
+            # end with it instead of running on, unowned, against a closing database.
+            for task in active:
+                task.cancel()
+            if active:
+                await asyncio.gather(*active, return_exceptions=True)
         if handle.abandoned:
             return
         if handle.stop_reason:
