@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -60,7 +61,10 @@ async def read(stack: Any, uri: str) -> bytes:
     return bytes(await stack.router.transform.store.read_bytes(uri))
 
 
-async def finished(stub: Any, job_id: str, timeout: float = 120.0) -> Any:
+async def until(
+    stub: Any, job_id: str, reached: Callable[[Any], bool], what: str, timeout: float
+) -> Any:
+    """The job as DescribeTransformJob gives it once ``reached`` holds for it."""
     deadline = time.monotonic() + timeout
     while True:
         job = (
@@ -68,11 +72,15 @@ async def finished(stub: Any, job_id: str, timeout: float = 120.0) -> Any:
                 rpb.DescribeTransformJobRequest(job_id=job_id), timeout=5
             )
         ).job
-        if job.status in DONE:
+        if reached(job):
             return job
         if time.monotonic() > deadline:
-            raise AssertionError(f"job {job_id} not done after {timeout}s: {job}")
-        await asyncio.sleep(0.1)
+            raise AssertionError(f"job {job_id} not {what} after {timeout}s: {job}")
+        await asyncio.sleep(0.05)
+
+
+async def finished(stub: Any, job_id: str, timeout: float = 120.0) -> Any:
+    return await until(stub, job_id, lambda job: job.status in DONE, "done", timeout)
 
 
 def csv_rows(n: int, seed: int = 0) -> np.ndarray:
@@ -408,17 +416,9 @@ async def test_killed_worker_mid_job_loses_and_duplicates_nothing(
             timeout=10,
         )
     ).job
-    deadline = time.monotonic() + 60
-    while True:
-        now = (
-            await stub.DescribeTransformJob(
-                rpb.DescribeTransformJobRequest(job_id=job.job_id), timeout=5
-            )
-        ).job
-        if now.chunks_done >= 3 or now.status in DONE:
-            break
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
+    await until(
+        stub, job.job_id, lambda now: now.chunks_done >= 3 or now.status in DONE, "started", 60
+    )
     os.kill(stack.workers(endpoint_name)[0]["pid"], signal.SIGKILL)
     job = await finished(stub, job.job_id, timeout=180)
     assert job.status == rev.TRANSFORM_JOB_STATUS_COMPLETED, job.reason
@@ -707,17 +707,14 @@ async def test_a_chunk_that_cannot_run_fails_its_records_and_the_job_still_ends(
                 timeout=10,
             )
         ).job
-        deadline = time.monotonic() + 30
-        while True:
-            now = (
-                await stub.DescribeTransformJob(
-                    rpb.DescribeTransformJobRequest(job_id=job.job_id), timeout=5
-                )
-            ).job
-            if now.chunks_total == 3 and now.records_total == 3_000:
-                break  # split: every chunk request is on the topic
-            assert time.monotonic() < deadline, now
-            await asyncio.sleep(0.05)
+        # Split: every chunk request is on the topic.
+        await until(
+            stub,
+            job.job_id,
+            lambda now: now.chunks_total == 3 and now.records_total == 3_000,
+            "split",
+            30,
+        )
         # Only the first 1,500 rows are left.
         await put(stack, key, ("a,b,c,d\n" + "\n".join(rows[:1_500]) + "\n").encode())
     finally:

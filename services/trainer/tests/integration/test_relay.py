@@ -5,10 +5,12 @@ none), and stopping publishes what is pending instead of cancelling a batch."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from aiokafka import AIOKafkaConsumer
 from sqlalchemy import update
 
@@ -60,61 +62,66 @@ async def published(kafka: KafkaSettings, topic: str, count: int) -> dict[str, s
     return found
 
 
-async def test_events_a_gone_replica_left_are_published_by_another(
+@dataclass
+class Setup:
+    kafka: KafkaSettings
+    catalogue: TopicCatalogue
+    database: Database
+
+
+@pytest.fixture
+async def setup(
     kafka_settings: KafkaSettings, unique_name: Callable[[str], str], tmp_path: Path
-) -> None:
+) -> AsyncIterator[Setup]:
+    """A topic namespace of the test's own on the session's broker, and a jobs database."""
     kafka = kafka_settings.model_copy(update={"topic_namespace": unique_name("relay")})
     catalogue = TopicCatalogue(kafka.topic_namespace)
     await ensure_topics(kafka, [catalogue.job_status_changed])
     database = Database(f"sqlite:///{tmp_path / 'jobs.db'}")
     await database.start(migrate=True)
     try:
-        gone = SqlJobStore(database, "replica-gone")
-        alive = SqlJobStore(database, "replica-b")
-        await gone.insert(job("old"), pending_event)
-        await gone.insert(job("recent"), pending_event)
-        await alive.insert(job("mine"), pending_event)
-        async with database.transaction() as conn:  # written two minutes ago, never sent
-            await conn.execute(
-                update(t.outbox)
-                .where(t.outbox.c.job_id == "old")
-                .values(create_time=datetime.now(UTC) - timedelta(minutes=2))
-            )
-        async with EventProducer(kafka, source="test") as producer:
-            relay = OutboxRelay(alive, producer, catalogue, adopt_after=timedelta(minutes=1))
-            assert await relay.relay_once() == 2
-            assert await relay.relay_once() == 0
-        # The recent one may still be sent by its own replica: left alone.
-        left = await gone.pending_events(["replica-gone", "replica-b"], 10)
-        assert [e.job_id for e in left] == ["recent"]
-        assert await published(kafka, catalogue.job_status_changed.name, 2) == {
-            "old": "old/PENDING",
-            "mine": "mine/PENDING",
-        }
+        yield Setup(kafka, catalogue, database)
     finally:
         await database.aclose()
 
 
-async def test_stopping_publishes_what_is_pending(
-    kafka_settings: KafkaSettings, unique_name: Callable[[str], str], tmp_path: Path
-) -> None:
-    kafka = kafka_settings.model_copy(update={"topic_namespace": unique_name("relay")})
-    catalogue = TopicCatalogue(kafka.topic_namespace)
-    await ensure_topics(kafka, [catalogue.job_status_changed])
-    database = Database(f"sqlite:///{tmp_path / 'jobs.db'}")
-    await database.start(migrate=True)
-    try:
-        store = SqlJobStore(database, "replica-a")
-        async with EventProducer(kafka, source="test") as producer:
-            # A long poll interval: only stop() can make these go now.
-            relay = OutboxRelay(store, producer, catalogue, poll_interval_s=30)
-            await relay.start()
-            for i in range(250):  # more than one batch
-                await store.insert(job(f"job-{i}"), pending_event)
-            await relay.stop()
-        assert await store.pending_events(["replica-a"], 10) == []
-        found = await published(kafka, catalogue.job_status_changed.name, 250)
-        assert len(found) == 250
-        assert found["job-249"] == "job-249/PENDING"
-    finally:
-        await database.aclose()
+async def test_events_a_gone_replica_left_are_published_by_another(setup: Setup) -> None:
+    kafka, catalogue, database = setup.kafka, setup.catalogue, setup.database
+    gone = SqlJobStore(database, "replica-gone")
+    alive = SqlJobStore(database, "replica-b")
+    await gone.insert(job("old"), pending_event)
+    await gone.insert(job("recent"), pending_event)
+    await alive.insert(job("mine"), pending_event)
+    async with database.transaction() as conn:  # written two minutes ago, never sent
+        await conn.execute(
+            update(t.outbox)
+            .where(t.outbox.c.job_id == "old")
+            .values(create_time=datetime.now(UTC) - timedelta(minutes=2))
+        )
+    async with EventProducer(kafka, source="test") as producer:
+        relay = OutboxRelay(alive, producer, catalogue, adopt_after=timedelta(minutes=1))
+        assert await relay.relay_once() == 2
+        assert await relay.relay_once() == 0
+    # The recent one may still be sent by its own replica: left alone.
+    left = await gone.pending_events(["replica-gone", "replica-b"], 10)
+    assert [e.job_id for e in left] == ["recent"]
+    assert await published(kafka, catalogue.job_status_changed.name, 2) == {
+        "old": "old/PENDING",
+        "mine": "mine/PENDING",
+    }
+
+
+async def test_stopping_publishes_what_is_pending(setup: Setup) -> None:
+    kafka, catalogue, database = setup.kafka, setup.catalogue, setup.database
+    store = SqlJobStore(database, "replica-a")
+    async with EventProducer(kafka, source="test") as producer:
+        # A long poll interval: only stop() can make these go now.
+        relay = OutboxRelay(store, producer, catalogue, poll_interval_s=30)
+        await relay.start()
+        for i in range(250):  # more than one batch
+            await store.insert(job(f"job-{i}"), pending_event)
+        await relay.stop()
+    assert await store.pending_events(["replica-a"], 10) == []
+    found = await published(kafka, catalogue.job_status_changed.name, 250)
+    assert len(found) == 250
+    assert found["job-249"] == "job-249/PENDING"
