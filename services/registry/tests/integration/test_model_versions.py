@@ -365,6 +365,58 @@ async def test_corrupt_uploads_store_nothing(
             raise AssertionError(f"case {case!r}: {exc}") from exc
 
 
+async def test_refused_headers_store_nothing(
+    registry: Any, unique_name: Callable[[str], str], onnx_linear_model: Any, expect_error: Any
+) -> None:
+    # A valid artifact with a header the registry refuses after taking the upload: the
+    # artifact must not be left in the store (it used to be, for a bad baseline).
+    model = onnx_linear_model(seed=22)
+    missing = registry.app.store.uri_for("baselines/missing.json")
+    cases: list[tuple[str, dict[str, Any], str]] = [
+        (
+            "missing baseline",
+            {"baseline": common_pb2.ObjectRef(uri=missing)},
+            "header.baseline.uri: object",
+        ),
+        (
+            "baseline of another store",
+            {"baseline": common_pb2.ObjectRef(uri="s3://another-bucket/stats.json")},
+            "header.baseline.uri:",
+        ),
+        ("NUL in the description", {"description": "churn\x00v2"}, "header.description"),
+        ("NUL in a tag value", {"tags": {"team": "a\x00b"}}, "header.tags['team']"),
+        (
+            "NUL in a hyperparameter",
+            {"hyperparameters": {"C": "1\x00"}},
+            "header.hyperparameters['C']",
+        ),
+    ]
+    for case, fields, fragment in cases:
+        group = unique_name("g")
+        await registry.create_group(group)
+        before = await registry.stored_objects()
+        await expect_error(registry.register(group, model, **fields), INVALID, fragment)
+        try:
+            await _nothing_stored(registry, group, before)
+        except AssertionError as exc:
+            raise AssertionError(f"case {case!r}: {exc}") from exc
+
+    # A group created by the registration has no parent version to name.
+    group = unique_name("g")
+    before = await registry.stored_objects()
+    await expect_error(
+        registry.register(group, model, create_group=True, lineage=pb.Lineage(parent_version=5)),
+        INVALID,
+        "header.lineage.parent_version",
+        "expected 0 (none)",
+    )
+    await expect_error(
+        registry.stub.GetModelGroup(pb.GetModelGroupRequest(name=group)),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    assert await registry.stored_objects() == before
+
+
 async def test_upload_cancelled_by_the_client_stores_nothing(
     registry: Any, unique_name: Callable[[str], str], onnx_linear_model: Any
 ) -> None:

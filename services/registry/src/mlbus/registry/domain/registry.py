@@ -442,14 +442,23 @@ class Registry:
                     return existing
             if group is not None:
                 await self._check_parent(uow, group_name, command.lineage.parent_version)
+            elif command.lineage.parent_version:
+                raise InvalidArgument(
+                    f"header.lineage.parent_version: model group '{group_name}' is created by "
+                    f"this registration, so it has no version "
+                    f"{command.lineage.parent_version}; expected 0 (none)",
+                    details={"field": "header.lineage.parent_version"},
+                )
             return None
 
         already = await self._read(check)
         if already is not None:
             return already
 
-        artifact = await self._store_artifact(command, chunks)
+        # Everything that can refuse the request is checked before the artifact is stored:
+        # a refused registration must not leave its (possibly 2 GiB) artifact behind.
         baseline = await self._check_baseline(command.baseline)
+        artifact = await self._store_artifact(command, chunks)
 
         async def work(uow: UnitOfWork) -> ModelVersion:
             group = await uow.get_group(group_name, lock="update")
@@ -593,6 +602,10 @@ class Registry:
             raise InvalidArgument(
                 f"header.baseline.uri: object '{baseline.uri}' does not exist",
                 details={"field": "header.baseline.uri"},
+            ) from None
+        except InvalidArgument as exc:  # e.g. a URI of another store
+            raise InvalidArgument(
+                f"header.baseline.uri: {exc.message}", details={"field": "header.baseline.uri"}
             ) from None
         if baseline.sha256 and info.sha256 and baseline.sha256.lower() != info.sha256:
             raise InvalidArgument(

@@ -105,13 +105,24 @@ def check_actor(name: str) -> str:
     return stripped
 
 
+def _check_no_nul(value: str, field: str) -> None:
+    # PostgreSQL text cannot hold U+0000 (the write would fail as an internal error).
+    if "\x00" in value:
+        raise InvalidArgument(
+            f"{field}: must not contain NUL characters (U+0000), found one at index "
+            f"{value.index(chr(0))}",
+            details={"field": field},
+        )
+
+
 def check_text(value: str, field: str, *, max_length: int = MAX_TEXT) -> str:
-    """Free text of at most ``max_length`` characters."""
+    """Free text of at most ``max_length`` characters, without NUL characters."""
     if len(value) > max_length:
         raise InvalidArgument(
             f"{field}: expected at most {max_length} characters, got {len(value)}",
             details={"field": field},
         )
+    _check_no_nul(value, field)
     return value
 
 
@@ -149,6 +160,7 @@ def check_tags(tags: Mapping[str, str], field: str = "tags") -> dict[str, str]:
                 f"got {len(value)}",
                 details={"field": field},
             )
+        _check_no_nul(value, f"{field}[{key!r}]")
     return dict(tags)
 
 
@@ -187,6 +199,7 @@ def check_hyperparameters(
                 f"got {len(value)}",
                 details={"field": field},
             )
+        _check_no_nul(value, f"{field}[{key!r}]")
     return dict(params)
 
 
