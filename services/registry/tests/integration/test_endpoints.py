@@ -275,6 +275,10 @@ async def test_configuration_fields_are_validated(
             "shadow.variant.scale_to_zero_after_seconds: expected 0 on a shadow variant "
             "(shadow variants are not scaled to zero), got 60",
         ),
+        (
+            spec(variant("blue", group, 1), variant("green", group, 1, mode=99)),  # type: ignore[arg-type]
+            "variants[1].mode: expected one of VARIANT_MODE_UNSPECIFIED, VARIANT_MODE_REALTIME",
+        ),
     ]
     for config, message in cases:
         await expect_error(endpoint.create(config), INVALID, message)

@@ -158,6 +158,21 @@ async def test_versions_number_list_filter_and_update(
     )
 
 
+async def test_an_unknown_approval_status_filter_is_refused(
+    registry: Any, unique_name: Callable[[str], str], expect_error: Any
+) -> None:
+    group = unique_name("g")
+    await registry.create_group(group)
+    await expect_error(
+        registry.stub.ListModelVersions(
+            pb.ListModelVersionsRequest(model_group=group, approval_status=99)  # type: ignore[arg-type]
+        ),
+        INVALID,
+        "approval_status: expected one of APPROVAL_STATUS_UNSPECIFIED",
+        "got 99",
+    )
+
+
 async def test_registration_is_idempotent_by_request_id(
     registry: Any, unique_name: Callable[[str], str], onnx_linear_model: Any
 ) -> None:

@@ -14,6 +14,7 @@ from mlbus.common.v1 import common_pb2
 from mlbus.core.errors import NotFound
 from mlbus.core.messaging import H_ERROR, EventProducer
 from mlbus.trainer.v1 import events_pb2 as ev
+from mlbus.trainer.v1 import trainer_pb2 as pb
 
 CUSTOM = """
 from sklearn.linear_model import LogisticRegression
@@ -104,6 +105,54 @@ async def test_invalid_spec_over_grpc(stack: Any, tmp_path: Path) -> None:
         )
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "unknown algorithm 'gradient-magic'" in (raised.value.details() or "")
+
+
+async def test_bad_reads_and_tuning_enums_name_the_field(stack: Any, tmp_path: Path) -> None:
+    async def refused(call: Any, *fragments: str) -> None:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value
+        for fragment in fragments:
+            assert fragment in (raised.value.details() or "")
+
+    stub = stack.stub
+    await refused(stub.DescribeJob(pb.DescribeJobRequest(job_id="")), "job_id: required")
+    await refused(
+        stub.StopJob(pb.StopJobRequest(job_id="", actor=common_pb2.Actor(name="bob"))),
+        "job_id: required",
+    )
+    await refused(
+        stub.ListJobs(pb.ListJobsRequest(page=common_pb2.PageRequest(page_size=-2))),
+        "page.page_size: expected 0",
+        "got -2",
+    )
+    await refused(
+        stub.ListJobs(pb.ListJobsRequest(status=42)),  # type: ignore[arg-type]
+        "status: expected one of JOB_STATUS_UNSPECIFIED",
+        "got 42",
+    )
+    data = stack.classification_csv(tmp_path / "t.csv", rows=40)
+    for field, tuning in (
+        ("strategy", ev.TuningSpec(strategy=7)),  # type: ignore[arg-type]
+        ("direction", ev.TuningSpec(direction=9)),  # type: ignore[arg-type]
+    ):
+        spec = stack.spec(data, algorithm="logistic-regression", target_column="label")
+        spec.tuning.CopyFrom(tuning)
+        spec.tuning.objective_metric = "accuracy"
+        spec.tuning.parameters.add(name="C").continuous.CopyFrom(
+            ev.ContinuousRange(min=0.1, max=1.0)
+        )
+        await refused(
+            stub.SubmitJob(
+                pb.SubmitJobRequest(
+                    kind=ev.JOB_KIND_TUNING,
+                    experiment="enums",
+                    spec=spec,
+                    actor=common_pb2.Actor(name="bob"),
+                )
+            ),
+            f"spec.tuning.{field}: expected one of",
+        )
 
 
 async def test_malformed_requests_land_in_the_dlq(stack: Any) -> None:

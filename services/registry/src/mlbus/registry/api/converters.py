@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mlbus.common.v1 import common_pb2
+from mlbus.core.errors import InvalidArgument
 from mlbus.registry.domain.models import (
     ApprovalStatus,
     ArtifactRef,
@@ -57,9 +59,20 @@ def approval_status_to_pb(status: ApprovalStatus) -> common_pb2.ApprovalStatus.V
     return common_pb2.ApprovalStatus.Value(f"APPROVAL_STATUS_{status.value}")
 
 
-def approval_status_to_domain(value: int) -> ApprovalStatus | None:
+def _enum_name(enum: Any, value: int, field: str) -> str:
+    """The name of ``value`` in the proto ``enum``; an unknown number is InvalidArgument."""
+    try:
+        return str(enum.Name(value))
+    except ValueError:
+        raise InvalidArgument(
+            f"{field}: expected one of {', '.join(enum.keys())}, got {value}",
+            details={"field": field},
+        ) from None
+
+
+def approval_status_to_domain(value: int, field: str = "approval_status") -> ApprovalStatus | None:
     """The enum value of a request; UNSPECIFIED → None."""
-    name = common_pb2.ApprovalStatus.Name(value)  # type: ignore[arg-type]
+    name = _enum_name(common_pb2.ApprovalStatus, value, field)
     if name == "APPROVAL_STATUS_UNSPECIFIED":
         return None
     return ApprovalStatus(name.removeprefix("APPROVAL_STATUS_"))
@@ -75,9 +88,9 @@ def variant_mode_to_pb(mode: VariantMode) -> events_pb2.VariantMode.ValueType:
     return events_pb2.VariantMode.Value(f"VARIANT_MODE_{mode.value}")
 
 
-def variant_mode_to_domain(value: int) -> VariantMode:
+def variant_mode_to_domain(value: int, field: str = "mode") -> VariantMode:
     """The variant mode of a request; UNSPECIFIED means REALTIME (the default)."""
-    name = events_pb2.VariantMode.Name(value)  # type: ignore[arg-type]
+    name = _enum_name(events_pb2.VariantMode, value, field)
     if name == "VARIANT_MODE_UNSPECIFIED":
         return VariantMode.REALTIME
     return VariantMode(name.removeprefix("VARIANT_MODE_"))
@@ -277,7 +290,7 @@ def variant_to_pb(variant: Variant) -> events_pb2.EndpointVariant:
     return message
 
 
-def variant_to_domain(variant: events_pb2.EndpointVariant) -> Variant:
+def variant_to_domain(variant: events_pb2.EndpointVariant, field: str = "variant") -> Variant:
     """A variant from a request; artifact and signature are ignored (the registry fills them)."""
     batching = None
     if variant.HasField("batching"):
@@ -291,7 +304,7 @@ def variant_to_domain(variant: events_pb2.EndpointVariant) -> Variant:
         model_version=variant.model_version,
         weight=variant.weight,
         instance_count=variant.instance_count,
-        mode=variant_mode_to_domain(variant.mode),
+        mode=variant_mode_to_domain(variant.mode, f"{field}.mode"),
         max_concurrency=variant.max_concurrency,
         batching=batching,
         scale_to_zero_after_seconds=variant.scale_to_zero_after_seconds,
@@ -310,14 +323,14 @@ def spec_to_domain(spec: registry_pb2.EndpointConfigSpec) -> EndpointConfigSpec:
     shadow = None
     if spec.HasField("shadow"):
         shadow = ShadowVariant(
-            variant=variant_to_domain(spec.shadow.variant),
+            variant=variant_to_domain(spec.shadow.variant, "shadow.variant"),
             sampling_percent=spec.shadow.sampling_percent,
         )
     capture = None
     if spec.HasField("data_capture"):
         capture = DataCapture(sampling_percent=spec.data_capture.sampling_percent)
     return EndpointConfigSpec(
-        variants=tuple(variant_to_domain(v) for v in spec.variants),
+        variants=tuple(variant_to_domain(v, f"variants[{i}]") for i, v in enumerate(spec.variants)),
         shadow=shadow,
         data_capture=capture,
         description=spec.description,

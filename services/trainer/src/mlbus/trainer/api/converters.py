@@ -70,12 +70,18 @@ def kind_to_pb(kind: JobKind) -> ev.JobKind.ValueType:
     return _KINDS_PB[kind]
 
 
-def status_to_domain(value: int) -> JobStatus | None:
-    """A JobStatus filter (None for UNSPECIFIED)."""
-    for key, status in _STATUSES.items():
-        if key == value:
-            return status
-    return None
+def status_to_domain(value: int, field: str = "status") -> JobStatus | None:
+    """A JobStatus filter (None for UNSPECIFIED); an unknown number is InvalidArgument (it
+    was ignored, listing every job)."""
+    if value == ev.JOB_STATUS_UNSPECIFIED:
+        return None
+    try:
+        return _STATUSES[value]  # type: ignore[index]
+    except KeyError:
+        raise InvalidArgument(
+            f"{field}: expected one of {', '.join(ev.JobStatus.keys())}, got {value}",
+            details={"field": field},
+        ) from None
 
 
 def status_to_pb(status: JobStatus) -> ev.JobStatus.ValueType:
@@ -116,15 +122,29 @@ def _tuning_to_domain(message: ev.TuningSpec) -> TuningSpec:
                 f"spec.tuning.parameters: range of {p.name!r} missing (continuous, integer or categorical)"
             )
     metric = message.objective_metric
-    direction = {
+    directions = {
+        ev.OBJECTIVE_DIRECTION_UNSPECIFIED: algorithms.default_direction(metric),
         ev.OBJECTIVE_DIRECTION_MAXIMIZE: "maximize",
         ev.OBJECTIVE_DIRECTION_MINIMIZE: "minimize",
-    }.get(message.direction, algorithms.default_direction(metric))
+    }
+    if message.direction not in directions:
+        raise InvalidArgument(
+            "spec.tuning.direction: expected one of "
+            f"{', '.join(ev.ObjectiveDirection.keys())}, got {message.direction}",
+            details={"field": "spec.tuning.direction"},
+        )
+    if message.strategy not in _STRATEGIES:
+        raise InvalidArgument(
+            "spec.tuning.strategy: expected one of "
+            f"{', '.join(ev.SearchStrategy.keys())}, got {message.strategy}",
+            details={"field": "spec.tuning.strategy"},
+        )
+    direction = directions[message.direction]
     return TuningSpec(
-        strategy=_STRATEGIES.get(message.strategy, "random"),  # type: ignore[arg-type]
+        strategy=_STRATEGIES[message.strategy],  # type: ignore[arg-type]
         parameters=tuple(ranges),
         objective_metric=metric,
-        direction=direction,  # type: ignore[arg-type]
+        direction=direction,
         max_jobs=message.max_jobs or 10,
         max_parallel_jobs=message.max_parallel_jobs or 1,
         early_stopping=message.early_stopping,

@@ -119,7 +119,9 @@ class TrainerService:
 
     async def describe(self, job_id: str) -> Job:
         """DescribeJob."""
-        job = await self.store.get(job_id) if job_id else None
+        if not job_id:
+            raise InvalidArgument("job_id: required", details={"field": "job_id"})
+        job = await self.store.get(job_id)
         if job is None:
             raise NotFound(f"job {job_id!r} not found", details={"job_id": job_id})
         return job
@@ -128,6 +130,12 @@ class TrainerService:
         self, listing: Listing, page_size: int, page_token: str
     ) -> tuple[list[Job], str]:
         """ListJobs, newest first."""
+        if page_size < 0:
+            raise InvalidArgument(
+                f"page.page_size: expected 0 (the default, {self.default_page_size}) or a "
+                f"positive number (at most {self.max_page_size} are returned), got {page_size}",
+                details={"field": "page.page_size"},
+            )
         size = min(page_size or self.default_page_size, self.max_page_size)
         return await self.store.list_jobs(listing, page_size=size, page_token=page_token)
 
