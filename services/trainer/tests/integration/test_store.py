@@ -88,7 +88,9 @@ async def test_insert_claim_transition_and_events(store: SqlJobStore) -> None:
     assert await store.pending_events(["writer"], 10) == []
     flagged = await store.request_stop("a", "stopped by bob")
     assert flagged is not None
-    assert await store.renew(holder, ["a"], lease) == {"a"}
+    renewal = await store.renew(holder, ["a"], lease)
+    assert renewal.stop == {"a"}
+    assert renewal.lost == set()
 
 
 async def test_an_ended_job_keeps_its_status(store: SqlJobStore) -> None:
@@ -168,3 +170,27 @@ async def test_unsent_events_of_other_writers_count_once_stale(store: SqlJobStor
         "theirs",
         "ours",
     ]
+
+
+async def test_a_lease_renewed_after_the_job_looked_orphaned_is_not_taken_over(
+    store: SqlJobStore,
+) -> None:
+    await store.insert(job("leased"))
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    assert await store.claim("leased", "t1", past) is not None  # t1's lease ran out...
+    [orphan] = await store.orphans("t2", own=False)
+    later = datetime.now(UTC) + timedelta(seconds=30)
+    assert (await store.renew("t1", ["leased"], later)).lost == set()  # ...and t1 renewed it
+    assert not await store.take_over(orphan, "t2", later)  # so t2 may not take it
+    assert (await store.get("leased")).trainer_id == "t1"  # type: ignore[union-attr]
+
+    # When t1 really is gone, t2 takes the job, and t1 learns at its next renewal.
+    assert await store.renew("t1", ["leased"], past) is not None
+    [orphan] = await store.orphans("t2", own=False)
+    assert await store.take_over(orphan, "t2", later)
+    renewal = await store.renew("t1", ["leased"], later)
+    assert renewal.lost == {"leased"}
+    assert (await store.get("leased")).trainer_id == "t2"  # type: ignore[union-attr]
+    # A replica recovering its own jobs at start takes them whatever their lease.
+    [own] = await store.orphans("t2", own=True)
+    assert await store.take_over(own, "t2", later)

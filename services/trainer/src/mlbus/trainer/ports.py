@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,6 +21,17 @@ class JobFilterLike(Protocol):
     status: JobStatus | None
     kind: JobKind | None
     parent_job_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """What renewing a replica's leases found."""
+
+    #: Jobs among those renewed whose stop was requested.
+    stop: set[str] = field(default_factory=set)
+    #: Jobs no longer held by the replica: another one took them over (this replica's
+    #: lease ran out, e.g. during a database outage), so it must not run them on.
+    lost: set[str] = field(default_factory=set)
 
 
 class JobStore(Protocol):
@@ -51,7 +63,7 @@ class JobStore(Protocol):
 
     async def renew(
         self, trainer_id: str, job_ids: Sequence[str], lease_until: datetime
-    ) -> set[str]: ...
+    ) -> Renewal: ...
 
     async def orphans(self, trainer_id: str, *, own: bool) -> list[Job]: ...
 

@@ -43,6 +43,7 @@ from mlbus.trainer.domain.models import (
     JobStatus,
     LogLine,
 )
+from mlbus.trainer.ports import Renewal
 
 log = logging.getLogger(__name__)
 
@@ -389,22 +390,28 @@ class SqlJobStore:
 
     async def renew(
         self, trainer_id: str, job_ids: Sequence[str], lease_until: datetime
-    ) -> set[str]:
-        """Extend this replica's leases; the ids among ``job_ids`` asked to stop."""
+    ) -> Renewal:
+        """Extend this replica's leases on ``job_ids``: which of them were asked to stop,
+        and which another replica holds now."""
         if not job_ids:
-            return set()
+            return Renewal()
         async with self.db.transaction() as conn:
             await conn.execute(
                 update(t.jobs)
                 .where(t.jobs.c.trainer_id == trainer_id, t.jobs.c.job_id.in_(list(job_ids)))
                 .values(lease_expires=lease_until)
             )
-            rows = await conn.execute(
-                select(t.jobs.c.job_id).where(
-                    t.jobs.c.job_id.in_(list(job_ids)), t.jobs.c.stop_requested.is_(True)
+            rows = (
+                await conn.execute(
+                    select(t.jobs.c.job_id, t.jobs.c.trainer_id, t.jobs.c.stop_requested).where(
+                        t.jobs.c.job_id.in_(list(job_ids))
+                    )
                 )
-            )
-            return {r[0] for r in rows.all()}
+            ).all()
+        return Renewal(
+            stop={r.job_id for r in rows if r.stop_requested},
+            lost={r.job_id for r in rows if r.trainer_id != trainer_id},
+        )
 
     async def orphans(self, trainer_id: str, *, own: bool) -> list[Job]:
         """Unfinished jobs whose replica is gone: with ``own``, those of ``trainer_id``
@@ -423,7 +430,9 @@ class SqlJobStore:
             return [_job(r) for r in (await conn.execute(query.order_by(t.jobs.c.create_time)))]
 
     async def take_over(self, job: Job, trainer_id: str, lease_until: datetime) -> bool:
-        """Move an orphaned job to ``trainer_id`` if nobody took it meanwhile."""
+        """Move an orphaned job to ``trainer_id`` if nobody took it meanwhile and its lease
+        is still expired (its holder may have renewed it since it was found orphaned); a
+        job of ``trainer_id`` itself (recovered at start) is taken whatever its lease."""
         async with self.db.transaction() as conn:
             result = await conn.execute(
                 update(t.jobs)
@@ -431,6 +440,10 @@ class SqlJobStore:
                     t.jobs.c.job_id == job.job_id,
                     t.jobs.c.trainer_id == job.trainer_id,
                     t.jobs.c.status == job.status.value,
+                    or_(
+                        t.jobs.c.trainer_id == trainer_id,
+                        t.jobs.c.lease_expires < datetime.now(UTC),
+                    ),
                 )
                 .values(trainer_id=trainer_id, lease_expires=lease_until)
             )

@@ -90,6 +90,8 @@ class RunningJob:
     abandoned: bool = False
     #: Set when a tuning job stopped this trial early for doing worse than the median.
     pruned: bool = False
+    #: Set when another replica took the job over: nothing of this run may be recorded.
+    lost: bool = False
 
     def handles(self) -> list[RunningJob]:
         """This job and its running trials."""
@@ -466,6 +468,10 @@ class Executor:
                 )
             )
             return JobStatus.FAILED, reason, None
+        if running.lost:
+            # Another replica runs the job now: registering this run's model would give it
+            # a version its job never records.
+            return JobStatus.STOPPED, running.stop_reason, None
         try:
             result = await self._collect(
                 job, child, work, staged.sha256, script.path if script else None

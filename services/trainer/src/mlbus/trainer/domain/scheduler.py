@@ -120,8 +120,17 @@ class Scheduler:
     async def poll(self) -> None:
         """One round: renew leases, pass on stop requests, recover, claim."""
         handles = {h.job_id: h for r in list(self.running.values()) for h in r.handles()}
-        stops = await self.store.renew(self.trainer_id, list(handles), self.lease_until())
-        for job_id in stops:
+        renewal = await self.store.renew(self.trainer_id, list(handles), self.lease_until())
+        for job_id in renewal.lost:
+            running = handles.get(job_id)
+            if running is not None and not running.abandoned:
+                # Its lease ran out (this replica could not renew it in time, e.g. the
+                # database was unreachable) and another replica took the job over: it must
+                # not run here too. Nothing of this run is recorded (the job is not ours).
+                log.warning("job %s was taken over by another replica; stopping it here", job_id)
+                running.abandoned = running.lost = True
+                running.stop("another replica took the job over (this replica's lease ran out)")
+        for job_id in renewal.stop - renewal.lost:
             running = handles.get(job_id)
             if running is not None and not running.stop_reason:
                 job = await self.store.get(job_id)
