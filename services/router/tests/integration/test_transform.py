@@ -736,3 +736,33 @@ async def test_a_chunk_that_cannot_run_fails_its_records_and_the_job_still_ends(
     assert [e["line"] for e in errors] == list(range(1_002, 3_002))  # the header is line 1
     assert "the chunk could not be run and went to" in errors[0]["error"]
     assert "the input changed" in errors[0]["error"]
+
+
+async def test_two_creates_of_one_job_id_at_once_make_one_job(
+    stack: Any, endpoint_name: str
+) -> None:
+    await deploy(stack, endpoint_name, seed=46)
+    stub = rpb_grpc.RouterServiceStub(stack.channel)
+    store = stack.router.transform.store
+    rows = "\n".join(",".join(repr(float(v)) for v in row) for row in csv_rows(500, seed=6))
+    uri = await put(stack, f"twice/{endpoint_name}/rows.csv", ("a,b,c,d\n" + rows + "\n").encode())
+    request = rpb.CreateTransformJobRequest(
+        spec=rpb.TransformJobSpec(
+            endpoint=endpoint_name,
+            input_uri=uri,
+            output_uri=prefix_uri(store, f"twice-out/{endpoint_name}/"),
+            records_per_chunk=100,
+            job_id=f"{endpoint_name}-twice",
+        )
+    )
+    results = await asyncio.gather(
+        *(stub.CreateTransformJob(request, timeout=10) for _ in range(3)), return_exceptions=True
+    )
+    created = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(created) == 1, results
+    assert [e.code() for e in refused] == [grpc.StatusCode.ALREADY_EXISTS] * 2
+    job = await finished(stub, created[0].job.job_id)
+    assert job.status == rev.TRANSFORM_JOB_STATUS_COMPLETED, job.reason
+    assert job.records_done == 500
+    assert len((await read(stack, job.outputs[0].uri)).splitlines()) == 500  # each row once

@@ -267,12 +267,26 @@ class TransformService:
                 f"spec.job_id {spec.job_id!r}: ids starting with {INTERNAL_JOB_PREFIX!r} are "
                 "reserved for the jobs InvokeAsync starts for files of rows"
             )
-        manifest, files = await self._plan(spec)
-        if manifest.job_id in self._jobs or await self.store.exists(
-            self.store.uri_for(_status_key(manifest.job_id))
-        ):
-            raise AlreadyExists(f"transform job {manifest.job_id!r} exists")
-        return self.describe_job(await self._start(spec, manifest, files, None))
+        # The id is taken before the first await: two calls with the same job_id at once
+        # must not both create it (each would publish every chunk).
+        job_id = spec.job_id
+        if job_id and (job_id in self._jobs or job_id in self._creating):
+            raise AlreadyExists(f"transform job {job_id!r} exists")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if job_id:
+            self._creating[job_id] = future
+        try:
+            manifest, files = await self._plan(spec)
+            if manifest.job_id in self._jobs or await self.store.exists(
+                self.store.uri_for(_status_key(manifest.job_id))
+            ):
+                raise AlreadyExists(f"transform job {manifest.job_id!r} exists")
+            job = await self._start(spec, manifest, files, None)
+        finally:
+            if job_id:
+                self._creating.pop(job_id, None)
+            future.set_result(None)
+        return self.describe_job(job)
 
     async def create_internal(
         self, spec: rpb.TransformJobSpec, internal: InternalJob
