@@ -194,3 +194,10 @@ async def test_a_lease_renewed_after_the_job_looked_orphaned_is_not_taken_over(
     # A replica recovering its own jobs at start takes them whatever their lease.
     [own] = await store.orphans("t2", own=True)
     assert await store.take_over(own, "t2", later)
+
+
+async def test_concurrent_inserts_of_one_id_make_one_job(store: SqlJobStore) -> None:
+    results = await asyncio.gather(*(store.insert(job("twice"), event) for _ in range(4)))
+    assert sorted(new for _, new in results) == [False, False, False, True]
+    assert {stored.job_id for stored, _ in results} == {"twice"}
+    assert [e.job_id for e in await store.pending_events(["writer"], 10)] == ["twice"]

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from sqlalchemy import and_, delete, event, func, insert, or_, select, text, update
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -258,18 +259,27 @@ class SqlJobStore:
     # --- jobs ---------------------------------------------------------------------------
 
     async def insert(self, job: Job, event: MakeEvent | None = None) -> tuple[Job, bool]:
-        """Insert ``job`` unless its id exists; the stored job and whether it was new."""
-        async with self.db.transaction() as conn:
-            found = (
-                await conn.execute(select(t.jobs).where(t.jobs.c.job_id == job.job_id))
-            ).first()
-            if found is not None:
-                return _job(found), False
-            values = _job_values(job)
-            values["update_time"] = datetime.now(UTC)
-            await conn.execute(insert(t.jobs).values(**values))
-            if event is not None:
-                await self._add_event(conn, job, event)
+        """Insert ``job`` unless its id exists; the stored job and whether it was new (two
+        inserts of one id at once: one is new, the other gets the stored job)."""
+        try:
+            async with self.db.transaction() as conn:
+                found = (
+                    await conn.execute(select(t.jobs).where(t.jobs.c.job_id == job.job_id))
+                ).first()
+                if found is not None:
+                    return _job(found), False
+                values = _job_values(job)
+                values["update_time"] = datetime.now(UTC)
+                await conn.execute(insert(t.jobs).values(**values))
+                if event is not None:
+                    await self._add_event(conn, job, event)
+        except sa_exc.IntegrityError:
+            # Another transaction inserted the id between our read and our insert
+            # (PostgreSQL; SQLite's BEGIN IMMEDIATE serialises them).
+            stored = await self.get(job.job_id)
+            if stored is None:
+                raise
+            return stored, False
         return job, True
 
     async def get(self, job_id: str) -> Job | None:

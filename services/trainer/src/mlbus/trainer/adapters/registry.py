@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlbus.core.errors import MlbusError, Unavailable
+from mlbus.core.errors import DeadlineExceeded, MlbusError, Unavailable
 from mlbus.core.settings import GrpcSettings
 from mlbus.sdk.registry import AsyncRegistryClient
 
@@ -89,11 +89,13 @@ class RegistryRegistrar:
                     create_group=True,
                 )
                 return Registered(version.model_group, version.version)
-            except Unavailable as exc:
+            except (Unavailable, DeadlineExceeded) as exc:
+                # Retried with the same request_id: a registration that did commit before
+                # its answer was lost (a deadline) is returned, not made twice.
                 if attempt == self.attempts:
                     raise RegistrationError(
                         f"registry at {self.target} unavailable after {attempt} attempts: "
-                        f"{exc.message}"
+                        f"{exc.code.name}: {exc.message}"
                     ) from exc
                 log.warning(
                     "registry unavailable (attempt %d of %d): %s", attempt, self.attempts, exc
