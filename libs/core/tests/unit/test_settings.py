@@ -58,3 +58,24 @@ def test_settings_table_lists_env_names_defaults_and_docs() -> None:
     assert "| `DEMO_GRPC_PORT` | int | `5555` | gRPC port of the demo. |" in table
     assert "DEMO_KAFKA" not in table
     assert str(Path.home()) not in table
+
+
+def test_a_queue_consumer_stays_in_its_group_while_it_handles_long_records() -> None:
+    from mlbus.core.messaging.consumer import consumer_config
+
+    settings = KafkaSettings(bootstrap_servers="127.0.0.1:9092", session_timeout_ms=6000)
+    plain = consumer_config(settings, group_id="g", source="s")
+    assert "max_poll_interval_ms" not in plain  # aiokafka's defaults (5 min; the session)
+    assert "rebalance_timeout_ms" not in plain
+    assert plain["max_poll_records"] == settings.max_poll_records
+    queue = consumer_config(
+        settings, group_id="g", source="s", max_poll_records=8, max_handle_s=3600
+    )
+    assert queue["max_poll_records"] == 8
+    # Eight records of up to an hour each, one after another, and a minute's margin.
+    assert queue["max_poll_interval_ms"] == (8 * 3600 + 60) * 1000
+    # At a revocation the record in hand may take its hour to finish.
+    assert queue["rebalance_timeout_ms"] == (3600 + 30) * 1000
+    short = consumer_config(settings, group_id="g", source="s", max_handle_s=1)
+    assert short["max_poll_interval_ms"] == 300_000  # never below aiokafka's default
+    assert short["rebalance_timeout_ms"] == 31_000

@@ -340,3 +340,40 @@ async def test_async_predictor_and_cli(stack: Any, endpoint_name: str) -> None:
     assert waited["result"]["outputs"][0]["shape"] == [1, 1]
     assert json.loads(out["queued"].output)["inference_id"] == "cli-2"
     assert json.loads(out["status"].output)["status"] == "SUCCEEDED"
+
+
+async def test_a_request_whose_output_was_written_succeeds_even_past_its_deadline(
+    stack: Any, endpoint_name: str
+) -> None:
+    # An earlier delivery ran the request and wrote its output, then its worker stopped
+    # before the completion record; by the redelivery the deadline has passed. The request
+    # succeeded: it must not be recorded EXPIRED next to its output.
+    await deploy(stack, endpoint_name, seed=33)
+    stub = rpb_grpc.RouterServiceStub(stack.channel)
+    x = np.full((1, 4), 0.5, dtype=np.float32)
+    response = pb.ModelInferResponse(
+        model_name=endpoint_name,
+        id="ran-1",
+        outputs=[
+            pb.ModelInferResponse.InferOutputTensor(
+                name="y",
+                datatype="FP32",
+                shape=[1, 1],
+                contents=pb.InferTensorContents(fp32_contents=[7.0]),
+            )
+        ],
+    )
+    store = stack.router.transform.store
+    await store.put(ai.output_key(endpoint_name, "ran-1"), response.SerializeToString())
+    past = str(int(time.time() * 1000) - 1000).encode()
+    async with EventProducer(stack.settings.kafka, source="test-producer") as producer:
+        await producer.publish(
+            stack.router.catalogue.async_requests(endpoint_name),
+            stack.request(endpoint_name, x),
+            key="ran-1",
+            headers=[(ai.H_INFERENCE_ID, b"ran-1"), (ai.H_DEADLINE, past)],
+        )
+    result = await result_of(stub, endpoint_name, "ran-1")
+    assert result.status == rpb.ASYNC_RESULT_STATUS_SUCCEEDED, result
+    assert list(result.response.outputs[0].contents.fp32_contents) == [7.0]  # that output
+    assert not await store.exists(store.uri_for(ai.failure_key(endpoint_name, "ran-1")))

@@ -121,6 +121,9 @@ class InferenceApp(ServiceApp):
                 on_dead_letter=self.async_handler.on_dead_letter,
                 concurrent_partitions=True,
                 fetch_max_wait_ms=settings.queue_fetch_max_wait_ms,
+                # A request may run until its deadline (async_timeout_s by default). (Fewer
+                # records per poll cost a quarter of the throughput of small requests.)
+                max_handle_s=settings.async_timeout_s,
             )
             self.batch_handler = BatchChunkHandler(self.worker, None, endpoint=endpoint)
             batch_topic = cast(Topic[Any], self.catalogue.batch_chunks(endpoint))
@@ -135,6 +138,7 @@ class InferenceApp(ServiceApp):
                 producer=self.producer,
                 concurrent_partitions=True,
                 fetch_max_wait_ms=settings.queue_fetch_max_wait_ms,
+                max_handle_s=settings.batch_chunk_max_s,
             )
             # Registered last, so it runs first on stop: no new async work for a stopping model.
             self.on_stop(self._stop_async)

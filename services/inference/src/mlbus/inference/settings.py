@@ -85,6 +85,8 @@ class InferenceSettings(ServiceSettings):
     """Consume the endpoint's asynchronous request topic (production variants only; shadow workers never do)."""
     async_timeout_s: float = Field(default=3600.0, gt=0)
     """Deadline of an asynchronous request that carries none, from its acceptance."""
+    batch_chunk_max_s: float = Field(default=1800.0, gt=0)
+    """The longest one batch-transform chunk may take on this worker; the worker stays in the chunk topic's consumer group that long while it runs one (past it, the chunk may be given to another worker as well)."""
     queue_fetch_max_wait_ms: int = Field(default=100, ge=0, le=10_000)
     """How long the asynchronous-request and batch-chunk consumers wait per fetch. The embedded broker does not answer a waiting fetch when data arrives, so this adds up to this much latency per queued request; shorter waits cost an idle worker CPU (20 ms: ~5% of a core)."""
 

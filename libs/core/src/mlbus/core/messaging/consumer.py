@@ -209,21 +209,40 @@ def consumer_config(
     group_id: str,
     source: str,
     fetch_max_wait_ms: int | None = None,
+    max_poll_records: int | None = None,
+    max_handle_s: float | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for :class:`AIOKafkaConsumer` from ``settings``.
 
     ``fetch_max_wait_ms`` overrides the setting for one consumer (e.g. a longer wait for a
-    queue whose latency matters less than the idle polling it costs).
+    queue whose latency matters less than the idle polling it costs); so does
+    ``max_poll_records``. ``max_handle_s`` is the longest one record's handler may take
+    (a queue of long requests): the member then stays in its group while it handles a
+    poll's records one after another (``max_poll_interval_ms``), and while the record in
+    hand finishes when its partition is revoked (``rebalance_timeout_ms``). Without it, a
+    member busy longer than aiokafka's 5 minutes (or, at a rebalance, the session timeout)
+    was dropped from the group and its uncommitted records were run again elsewhere while
+    it still ran them.
     """
     wait_ms = settings.fetch_max_wait_ms if fetch_max_wait_ms is None else fetch_max_wait_ms
+    records = settings.max_poll_records if max_poll_records is None else max_poll_records
+    timing: dict[str, Any] = {}
+    if max_handle_s is not None:
+        timing = {
+            "max_poll_interval_ms": int(max(300.0, max_handle_s * records + 60.0) * 1000),
+            "rebalance_timeout_ms": int(
+                max(settings.session_timeout_ms / 1000, max_handle_s + 30.0) * 1000
+            ),
+        }
     return {
+        **timing,
         "bootstrap_servers": settings.bootstrap_servers,
         "client_id": f"{settings.client_id_prefix}-{source}",
         "group_id": group_id,
         "session_timeout_ms": settings.session_timeout_ms,
         "heartbeat_interval_ms": settings.heartbeat_interval_ms,
         "fetch_max_wait_ms": wait_ms,
-        "max_poll_records": settings.max_poll_records,
+        "max_poll_records": records,
         "max_partition_fetch_bytes": settings.max_partition_fetch_bytes,
         "fetch_max_bytes": max(50 * 1024 * 1024, settings.max_partition_fetch_bytes),
         "request_timeout_ms": max(settings.request_timeout_ms, settings.session_timeout_ms + 5000),
@@ -256,6 +275,8 @@ class EventConsumer:
         on_dead_letter: DeadLetterHook | None = None,
         concurrent_partitions: bool = False,
         fetch_max_wait_ms: int | None = None,
+        max_poll_records: int | None = None,
+        max_handle_s: float | None = None,
     ) -> None:
         if not topics:
             raise ValueError("EventConsumer needs at least one topic")
@@ -276,6 +297,10 @@ class EventConsumer:
         self.concurrent_partitions = concurrent_partitions
         #: Overrides ``settings.fetch_max_wait_ms`` for this consumer when set.
         self.fetch_max_wait_ms = fetch_max_wait_ms
+        #: Overrides ``settings.max_poll_records`` for this consumer when set.
+        self.max_poll_records = max_poll_records
+        #: The longest one record's handling may take (see :func:`consumer_config`).
+        self.max_handle_s = max_handle_s
         self._producer = producer
         self._own_producer = producer is None
         self._consumer: AIOKafkaConsumer | None = None
@@ -314,6 +339,8 @@ class EventConsumer:
                 group_id=self.group_id,
                 source=self.source,
                 fetch_max_wait_ms=self.fetch_max_wait_ms,
+                max_poll_records=self.max_poll_records,
+                max_handle_s=self.max_handle_s,
             )
         )
         consumer.subscribe(topics=list(self._by_name), listener=_Listener(self))

@@ -154,6 +154,13 @@ class AsyncRequestHandler:
         if await self._already_done(inference_id, reply):
             self.skipped += 1
             return
+        output_uri = self._uri(ai.output_key(self.endpoint, inference_id))
+        if await self.store.exists(output_uri):
+            # An earlier delivery ran it and wrote its output, then stopped before the
+            # completion record: the request succeeded (whatever its deadline says now).
+            response = pb.ModelInferResponse.FromString(await self.store.read_bytes(output_uri))
+            await self._succeed(inference_id, response, receive, receive, reply)
+            return
         now = datetime.now(UTC)
         if now >= deadline:
             failure = self._failure(
@@ -301,9 +308,6 @@ class AsyncRequestHandler:
                 await self._publish(topic, record, inference_id, reply)
                 await self._mark_notified(inference_id)
                 return True
-        if await self.store.exists(self._uri(ai.output_key(self.endpoint, inference_id))):
-            # Output written but the completion record not yet: rebuild it.
-            return False
         return False
 
     def _failure(
@@ -332,6 +336,8 @@ class AsyncRequestHandler:
         return failure
 
     async def _fail(self, inference_id: str, failure: ev.AsyncInferenceFailed, reply: str) -> None:
+        if await self.store.exists(self._uri(ai.output_key(self.endpoint, inference_id))):
+            return  # another delivery succeeded (its completion follows its output)
         try:
             await self.store.put(
                 ai.failure_key(self.endpoint, inference_id),
