@@ -25,9 +25,14 @@ X = np.arange(30, dtype=np.float32).reshape(1, 30) / 30
 
 
 async def read_captured(
-    kafka: KafkaSettings, namespace: str, count: int, timeout: float = 20.0
+    kafka: KafkaSettings,
+    namespace: str,
+    count: int,
+    timeout: float = 20.0,
+    event_ids: list[str] | None = None,
 ) -> list[InferenceCaptured]:
-    """The first ``count`` records of the namespace's capture topic (no consumer group)."""
+    """The first ``count`` records of the namespace's capture topic (no consumer group);
+    their event ids (``ce_id``) are appended to ``event_ids`` when given."""
     topic = TopicCatalogue(namespace).inference_captured.name
     consumer = AIOKafkaConsumer(
         topic,
@@ -45,6 +50,8 @@ async def read_captured(
                 batch = await consumer.getmany(timeout_ms=200)
                 for part in batch.values():
                     records.extend(InferenceCaptured.FromString(r.value) for r in part)
+                    if event_ids is not None:
+                        event_ids.extend(dict(r.headers)["ce_id"].decode() for r in part)
     finally:
         await consumer.stop()
     return records
@@ -87,6 +94,21 @@ async def test_every_inference_is_captured_at_100_percent(
     await wait_flushed(worker.app)
     assert worker.app.metrics.stats.captured == len(ids) + 1
     assert worker.app.metrics.stats.capture_dropped == 0
+
+
+async def test_captures_of_requests_sharing_an_id_have_their_own_event_ids(
+    start_worker, onnx_models, v2, kafka_settings, unique_name
+) -> None:
+    # Clients reuse request ids; consumers drop records whose event id they have seen, so
+    # each capture needs an event id of its own (it was the request id).
+    namespace = unique_name("capture")
+    worker = await start_worker(onnx_models.mlp(), namespace=namespace, capture_percent=100)
+    for _ in range(3):
+        await worker.infer(v2.request({"x": X}, id="1"))
+    event_ids: list[str] = []
+    records = await read_captured(kafka_settings, namespace, 3, event_ids=event_ids)
+    assert [r.inference_id for r in records] == ["1", "1", "1"]
+    assert len(set(event_ids)) == 3
 
 
 async def test_the_configured_share_is_captured(

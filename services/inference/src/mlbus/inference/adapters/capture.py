@@ -15,6 +15,7 @@ import asyncio
 import logging
 import random
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -190,8 +191,11 @@ class CapturePublisher:
     async def _publish_one(self, record: InferenceCaptured, item: _Capture) -> None:
         token = otel_context.attach(item.context)
         try:
+            # The event id is the capture's own: inference ids come from clients, which
+            # reuse them (a mirrored request's production and shadow copies share one), and
+            # consumers drop records whose event id they have seen.
             await self._producer.publish(
-                self._topic, record, key=item.inference_id, event_id=item.inference_id
+                self._topic, record, key=item.inference_id, event_id=uuid.uuid4().hex
             )
         finally:
             otel_context.detach(token)
