@@ -132,3 +132,27 @@ def test_external_data_files_are_refused(tmp_path: Path) -> None:
     assert (tmp_path / "ext.onnx.data").exists()
     with pytest.raises(InvalidArgument, match="initializer 'W' keeps its data in a separate file"):
         OnnxInspector().inspect(upload)
+
+
+def test_corrupted_files_are_refused_as_invalid_never_as_internal_errors(
+    tmp_path: Path, onnx_sklearn_regressor: bytes
+) -> None:
+    import random
+
+    rng = random.Random(7)
+    inspector = OnnxInspector()
+    outcomes: dict[str, int] = {}
+    for i in range(300):
+        data = bytearray(onnx_sklearn_regressor)
+        for _ in range(rng.randint(1, 8)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        try:
+            inspector.inspect(_file(tmp_path, bytes(data), name=f"m{i}.onnx"))
+            outcomes["valid"] = outcomes.get("valid", 0) + 1
+        except InvalidArgument as exc:
+            assert exc.message.startswith("artifact: not a valid ONNX model: "), exc.message
+            kind = exc.message.split(": ")[2].split(" ")[0]
+            outcomes[kind] = outcomes.get(kind, 0) + 1
+    # Some flips leave a valid model, most make an invalid one; none escapes as another error.
+    assert outcomes.get("valid", 0) < 300
+    assert sum(outcomes.values()) == 300

@@ -200,7 +200,17 @@ async def test_bad_invocations_are_refused(stack: Any, endpoint_name: str) -> No
                 endpoint=endpoint_name, request=stack.request("", x), inference_id="a/b"
             ),
             grpc.StatusCode.INVALID_ARGUMENT,
-            "inference_id 'a/b'",
+            "inference_id: 'a/b': expected",
+        ),
+        "bad id of the inline request": (
+            rpb.InvokeAsyncRequest(
+                endpoint=endpoint_name,
+                request=pb.ModelInferRequest(
+                    id="x y", inputs=stack.request("", x).inputs, model_name=""
+                ),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "request.id: 'x y': expected",
         ),
         "other model": (
             rpb.InvokeAsyncRequest(endpoint=endpoint_name, request=stack.request("other", x)),

@@ -498,6 +498,45 @@ async def test_stop_and_bad_specs(stack: Any, endpoint_name: str) -> None:
             grpc.StatusCode.ALREADY_EXISTS,
             "exists",
         ),
+        (
+            rpb.TransformJobSpec(
+                endpoint=endpoint_name, input_uri=uri, output_uri=uri, job_id="nightly run/1"
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "spec.job_id: 'nightly run/1': expected",
+        ),
+        (
+            rpb.TransformJobSpec(
+                endpoint=endpoint_name, input_uri=uri, output_uri=uri, output_filter="score"
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "spec.output_filter: filter 'score': no column 'score'",
+        ),
+        (
+            rpb.TransformJobSpec(
+                endpoint=endpoint_name,
+                input_uri=uri,
+                output_uri=uri,
+                csv_header=False,
+                input_filter="age,income",
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "spec.input_filter: filter 'age,income': no column 'age'",
+        ),
+        (
+            rpb.TransformJobSpec(
+                endpoint=endpoint_name, input_uri=uri, output_uri=uri, max_payload_mb=float("nan")
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "spec.max_payload_mb: expected 0 (the default, 6) or a number above 0",
+        ),
+        (
+            rpb.TransformJobSpec(
+                endpoint=endpoint_name, input_uri=uri, output_uri=uri, max_records_per_batch=-1
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "spec.max_records_per_batch: expected 0 (the default, 1000) or 1-100000, got -1",
+        ),
     ]
     for spec, code, text in cases:
         with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -507,6 +546,10 @@ async def test_stop_and_bad_specs(stack: Any, endpoint_name: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.DescribeTransformJob(rpb.DescribeTransformJobRequest(job_id="nope"), timeout=5)
     assert info.value.code() is grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.DescribeTransformJob(rpb.DescribeTransformJobRequest(job_id=""), timeout=5)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "job_id: required"
 
 
 async def test_transformer_sdk_and_cli(stack: Any, endpoint_name: str) -> None:

@@ -23,6 +23,7 @@ import csv
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -49,6 +50,10 @@ from mlbus.router.v1 import router_pb2 as rpb
 
 log = logging.getLogger(__name__)
 
+#: Largest max_payload_mb of a job (SageMaker's MaxPayloadInMB allows up to 100).
+MAX_PAYLOAD_MB = 100
+#: Largest max_records_per_batch of a job.
+MAX_RECORDS_PER_BATCH = 100_000
 #: Bytes read from an input file at a time while splitting it by line. Larger blocks split
 #: no faster, but they are allocated on several threads, and glibc's arenas then keep more:
 #: splitting 1 GiB grew the router's peak RSS by ~150 MiB with 8 MiB blocks, ~70 with 1 MiB.
@@ -361,6 +366,8 @@ class TransformService:
 
     def get(self, job_id: str) -> rpb.TransformJob:
         """The job's description; NOT_FOUND if there is none."""
+        if not job_id:
+            raise InvalidArgument("job_id: required")
         job = self._jobs.get(job_id)
         if job is None:
             raise NotFound(f"transform job {job_id!r} not found")
@@ -375,6 +382,8 @@ class TransformService:
 
     async def stop_job(self, job_id: str, reason: str) -> rpb.TransformJob:
         """Stop a job; chunks not started are skipped."""
+        if not job_id:
+            raise InvalidArgument("job_id: required")
         job = self._jobs.get(job_id)
         if job is None:
             raise NotFound(f"transform job {job_id!r} not found")
@@ -434,7 +443,12 @@ class TransformService:
             raise InvalidArgument(f"spec.endpoint: {exc}") from None
         if self.table.find(endpoint) is None and not self.table.is_pending(endpoint):
             self.table.get(endpoint)
-        job_id = ai.check_inference_id(spec.job_id or ai.new_inference_id())
+        try:
+            job_id = ai.check_inference_id(spec.job_id or ai.new_inference_id())
+        except InvalidArgument as exc:
+            raise InvalidArgument(
+                f"spec.job_id: {exc.message.removeprefix('inference_id ')}"
+            ) from None
         if not spec.input_uri:
             raise InvalidArgument(
                 "spec.input_uri: required (a file or a directory in the object store)"
@@ -464,9 +478,39 @@ class TransformService:
             raise InvalidArgument(
                 "spec.split_type: NONE is not supported for Parquet (use LINE: rows)"
             )
-        if kind == tf.JSONL:
-            tf.compile_jsonpath(spec.input_filter)
-            tf.compile_jsonpath(spec.output_filter)
+        csv_header = spec.csv_header if spec.HasField("csv_header") else True
+        for field, text in (
+            ("input_filter", spec.input_filter),
+            ("output_filter", spec.output_filter),
+        ):
+            if not text:
+                continue
+            try:
+                if kind == tf.JSONL:
+                    tf.compile_jsonpath(text)
+                elif kind == tf.CSV and (field == "output_filter" or not csv_header):
+                    tf.parse_columns(text, [])  # by 0-based index only
+            except InvalidArgument as exc:
+                how = (
+                    " (a CSV output filter picks columns of the output line by 0-based index)"
+                    if field == "output_filter" and kind == tf.CSV
+                    else " (without a header, CSV columns are picked by 0-based index)"
+                    if kind == tf.CSV
+                    else ""
+                )
+                raise InvalidArgument(f"spec.{field}: {exc.message}{how}") from None
+        payload_mb = spec.max_payload_mb
+        if payload_mb and not (math.isfinite(payload_mb) and 0 < payload_mb <= MAX_PAYLOAD_MB):
+            raise InvalidArgument(
+                f"spec.max_payload_mb: expected 0 (the default, 6) or a number above 0 and at "
+                f"most {MAX_PAYLOAD_MB}, got {payload_mb:g}"
+            )
+        per_batch = spec.max_records_per_batch
+        if per_batch and not 1 <= per_batch <= MAX_RECORDS_PER_BATCH:
+            raise InvalidArgument(
+                f"spec.max_records_per_batch: expected 0 (the default, 1000) or 1-"
+                f"{MAX_RECORDS_PER_BATCH}, got {per_batch}"
+            )
         percent = spec.max_failure_percent if spec.HasField("max_failure_percent") else 100.0
         if not 0 <= percent <= 100:
             raise InvalidArgument(f"spec.max_failure_percent: expected 0-100, got {percent:g}")
@@ -493,7 +537,7 @@ class TransformService:
             max_records_per_batch=spec.max_records_per_batch or 1000,
             records_per_chunk=per_chunk or 0,
             chunk_bytes=chunk_bytes,
-            csv_header=spec.csv_header if spec.HasField("csv_header") else True,
+            csv_header=csv_header,
             input_filter=spec.input_filter,
             join_input=spec.join_source == rpb.JOIN_SOURCE_INPUT,
             output_filter=spec.output_filter,
@@ -502,7 +546,10 @@ class TransformService:
         )
         if kind == tf.CSV and manifest.csv_header and spec.input_filter:
             header = await self._csv_header(files[0].uri)
-            tf.parse_columns(spec.input_filter, header)
+            try:
+                tf.parse_columns(spec.input_filter, header)
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"spec.input_filter: {exc.message}") from None
         return manifest, files
 
     async def _input_files(self, uri: str) -> list[tf.InputFile]:

@@ -317,7 +317,14 @@ class OnnxInspector(ArtifactInspector):
             onnx.checker.check_model(str(light_path))
         except onnx.checker.ValidationError as exc:
             raise _invalid(str(exc).strip()) from None
+        except (UnicodeDecodeError, ValueError) as exc:
+            # Corrupt bytes the protobuf parser accepted can still fail inside the checker
+            # (e.g. a name that is not UTF-8): the file is bad, not the registry.
+            raise _invalid(f"{type(exc).__name__}: {exc}") from None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 light_path.unlink()
-        return signature_of(model)
+        try:
+            return signature_of(model)
+        except ValueError as exc:  # e.g. an element type this onnx version does not know
+            raise _invalid(str(exc)) from None

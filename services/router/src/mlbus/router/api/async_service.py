@@ -140,7 +140,12 @@ class AsyncInferenceService:
             )
         inline = request.request
         inference_id = request.inference_id or (inline.id if which == "request" else "")
-        inference_id = ai.check_inference_id(inference_id or ai.new_inference_id())
+        try:
+            inference_id = ai.check_inference_id(inference_id or ai.new_inference_id())
+        except InvalidArgument as exc:
+            # Name the field the id came from: the request's own, or the inline request's.
+            field = "inference_id" if request.inference_id else "request.id"
+            raise InvalidArgument(f"{field}: {exc.message.removeprefix('inference_id ')}") from None
         timeout = request.timeout_seconds or self.default_timeout_s
         if not 0 < timeout <= self.max_timeout_s:
             raise InvalidArgument(
