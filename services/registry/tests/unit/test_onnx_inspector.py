@@ -141,18 +141,18 @@ def test_corrupted_files_are_refused_as_invalid_never_as_internal_errors(
 
     rng = random.Random(7)
     inspector = OnnxInspector()
-    outcomes: dict[str, int] = {}
+    valid = 0
+    refusals: list[str] = []
     for i in range(300):
         data = bytearray(onnx_sklearn_regressor)
         for _ in range(rng.randint(1, 8)):
             data[rng.randrange(len(data))] = rng.randrange(256)
         try:
             inspector.inspect(_file(tmp_path, bytes(data), name=f"m{i}.onnx"))
-            outcomes["valid"] = outcomes.get("valid", 0) + 1
+            valid += 1
         except InvalidArgument as exc:
-            assert exc.message.startswith("artifact: not a valid ONNX model: "), exc.message
-            kind = exc.message.split(": ")[2].split(" ")[0]
-            outcomes[kind] = outcomes.get(kind, 0) + 1
+            refusals.append(exc.message)
     # Some flips leave a valid model, most make an invalid one; none escapes as another error.
-    assert outcomes.get("valid", 0) < 300
-    assert sum(outcomes.values()) == 300
+    assert valid + len(refusals) == 300
+    assert refusals
+    assert all(m.startswith("artifact: not a valid ONNX model: ") for m in refusals)
