@@ -191,6 +191,10 @@ class DeploymentController:
         self.metrics = metrics
         self._client_factory = client_factory
         self._endpoints: dict[str, _Endpoint] = {}
+        #: Rejections of a version in a revision whose plan has not arrived yet (the
+        #: rejection and the configuration travel on different topics), by endpoint and
+        #: revision; applied to that plan when it comes.
+        self._rejections: dict[str, dict[int, list[tuple[str, int, str]]]] = {}
         self._serial = itertools.count(1)
         self._background: set[asyncio.Task[Any]] = set()
         self._stopping = False
@@ -203,6 +207,13 @@ class DeploymentController:
         state = self._state(plan.endpoint)
         if plan.revision <= state.revision:
             return False
+        early = self._rejections.get(plan.endpoint, {})
+        for group, version, reason in early.pop(plan.revision, []):
+            plan = plan.without_version(group, version, reason)
+        for stale in [r for r in early if r < plan.revision]:
+            del early[stale]
+        if not early:
+            self._rejections.pop(plan.endpoint, None)
         state.revision = plan.revision
         state.desired = plan
         state.deleted = False
@@ -223,8 +234,14 @@ class DeploymentController:
     def degrade(
         self, endpoint: str, revision: int, model_group: str, model_version: int, reason: str
     ) -> bool:
-        """Stop serving a rejected version on ``endpoint`` (same revision, fewer variants)."""
+        """Stop serving a rejected version on ``endpoint`` (same revision, fewer variants).
+        A rejection for a revision not seen yet is kept and applied to its plan on arrival
+        (it would otherwise deploy the rejected version)."""
         state = self._endpoints.get(endpoint)
+        if revision > (state.revision if state is not None else 0):
+            early = self._rejections.setdefault(endpoint, {})
+            early.setdefault(revision, []).append((model_group, model_version, reason))
+            return True
         if state is None or state.desired is None or state.desired.revision != revision:
             return False
         plan = state.desired.without_version(model_group, model_version, reason)
