@@ -278,6 +278,27 @@ async def test_parquet_directory_input(stack: Any, endpoint_name: str) -> None:
             np.array(rows, np.float32), stack.reference(43, x), rtol=1e-4, atol=1e-5
         )
 
+    # A filter naming a column the files do not have fails the job at its split, before
+    # any chunk runs (each chunk used to fail on the workers, after the whole input).
+    typo = (
+        await stub.CreateTransformJob(
+            rpb.CreateTransformJobRequest(
+                spec=rpb.TransformJobSpec(
+                    endpoint=endpoint_name,
+                    input_uri=prefix_uri(store, f"pq/{endpoint_name}/"),
+                    output_uri=prefix_uri(store, f"pq-typo/{endpoint_name}/"),
+                    input_filter="f0,f1,f2,f9",
+                    records_per_chunk=100,
+                )
+            ),
+            timeout=10,
+        )
+    ).job
+    typo = await finished(stub, typo.job_id)
+    assert typo.status == rev.TRANSFORM_JOB_STATUS_FAILED
+    assert "spec.input_filter: filter 'f0,f1,f2,f9': no column 'f9'" in typo.reason, typo.reason
+    assert typo.chunks_done == 0
+
 
 async def test_parquet_chunk_files_and_csv_chunks_by_bytes(stack: Any, endpoint_name: str) -> None:
     """A Parquet input of several row groups is cut into Parquet chunk files of the chunk's

@@ -805,8 +805,12 @@ class TransformService:
             chunks = await asyncio.to_thread(_ParquetChunks, path, m, as_csv=as_csv)
             try:
                 item.columns = chunks.columns
-                if as_csv:
+                # Checked once here, against the file's schema: a filter naming no column
+                # would otherwise fail every chunk on the workers.
+                try:
                     tf.parse_columns(m.input_filter, item.columns)
+                except InvalidArgument as exc:
+                    raise InvalidArgument(f"spec.input_filter: {exc.message}") from None
                 yield None
                 first = 0
                 while True:
