@@ -364,8 +364,11 @@ class AsyncInferenceService:
         try:
             job, internal = await transform.create_internal(spec, internal)
         except InvalidArgument as exc:
-            if exc.message.startswith("filter "):
-                raise InvalidArgument(f"rows.input_filter: {exc.message}") from None
+            # The transform job's checks name its spec's fields; the caller gave them as
+            # rows options.
+            for field in ("input_filter", "max_records_per_batch", "max_failure_percent"):
+                if exc.message.startswith(f"spec.{field}: "):
+                    raise InvalidArgument(f"rows.{exc.message.removeprefix('spec.')}") from None
             raise
         log.info(
             "async rows inference started",
