@@ -81,6 +81,7 @@ class RouterApp(ServiceApp):
             settings=ControllerSettings(
                 ready_timeout_s=settings.worker_ready_timeout_s,
                 start_attempts=settings.worker_start_attempts,
+                max_workers=settings.max_workers,
                 drain_timeout_s=settings.worker_drain_timeout_s,
                 stop_grace_s=settings.worker_stop_grace_s,
                 restart_backoff_s=settings.worker_restart_backoff_s,

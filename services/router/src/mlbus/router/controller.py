@@ -77,6 +77,8 @@ class ControllerSettings:
     scale_poll_interval_s: float = 1.0
     #: Idle time of a SERVERLESS variant that sets none.
     serverless_idle_s: float = 300.0
+    #: Most worker processes at once over every endpoint (0: no limit).
+    max_workers: int = 0
 
 
 class WorkerState(StrEnum):
@@ -368,6 +370,26 @@ class DeploymentController:
         for w in state.workers:
             if w.state is WorkerState.READY:
                 by_spec.setdefault(w.spec, []).append(w)
+        wanted = sum(
+            max(vp.instances_wanted - len(by_spec.get(vp.spec, [])), 0)
+            for vp in plan.all_variants()
+        )
+        limit = self.settings.max_workers
+        running = self.running_workers()
+        if limit and wanted and running + wanted > limit:
+            state.status = "failed" if state.applied is None else "serving (update failed)"
+            state.error = (
+                f"revision {plan.revision} needs {wanted} more worker processes, but this "
+                f"router runs {running} of at most {limit} (ROUTER_MAX_WORKERS); lower the "
+                "variants' instance_count or raise the limit"
+            )
+            log.error(
+                "deployment refused: too many workers",
+                extra={"endpoint": plan.endpoint, "revision": plan.revision, "error": state.error},
+            )
+            self.metrics.deployment_failed(plan.endpoint)
+            self.table.mark_pending(plan.endpoint, state.error)  # a served one keeps its route
+            return
         assigned: list[tuple[VariantPlan, list[ManagedWorker]]] = []
         new: list[ManagedWorker] = []
         for vp in plan.all_variants():
@@ -456,6 +478,15 @@ class DeploymentController:
         log.info("endpoint deleted; draining its workers", extra={"endpoint": state.name})
         await asyncio.gather(*(self._drain(state, w) for w in list(state.workers)))
         self._update_gauges()
+
+    def running_workers(self) -> int:
+        """Worker processes starting or serving now, over every endpoint."""
+        return sum(
+            1
+            for state in self._endpoints.values()
+            for w in state.workers
+            if w.state in (WorkerState.STARTING, WorkerState.READY)
+        )
 
     def _new_id(self, spec: WorkerSpec) -> str:
         return f"{spec.endpoint}/{spec.variant}/{next(self._serial)}"

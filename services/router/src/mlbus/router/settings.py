@@ -39,6 +39,8 @@ class RouterSettings(ServiceSettings):
     """Extra environment for every worker, e.g. `{"INFERENCE_INTRA_OP_THREADS":"2"}`."""
     worker_ready_timeout_s: float = Field(default=120.0, gt=0)
     """How long a new worker may take to load and warm its model before it counts as failed."""
+    max_workers: int = Field(default=64, ge=0, le=100_000)
+    """Most worker processes this router runs at once, over every endpoint (0: no limit). A revision that would take more is not deployed (the previous one keeps serving) and its status says why: one typo in an instance_count must not start hundreds of model processes on the router's machine."""
     worker_start_attempts: int = Field(default=3, ge=1, le=20)
     """Starts of a worker tried before its revision's rollout is abandoned (the old revision keeps serving)."""
     worker_drain_timeout_s: float = Field(default=30.0, ge=0)

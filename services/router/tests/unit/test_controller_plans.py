@@ -1,12 +1,17 @@
-"""The deployment controller and a rejected version whose EndpointDegraded event arrives
-before the configuration revision it degrades (they travel on different topics): the
-revision's plan is applied without the rejected version, never deployed with it."""
+"""The deployment controller's plans: a rejected version whose EndpointDegraded event
+arrives before the configuration revision it degrades (they travel on different topics)
+is never deployed with it; a revision needing more workers than ROUTER_MAX_WORKERS is not
+deployed at all."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
+import pytest
+
+from mlbus.core.errors import Unavailable
 from mlbus.core.settings import GrpcSettings
 from mlbus.router.controller import ControllerSettings, DeploymentController
 from mlbus.router.domain.deployment import EndpointPlan, VariantPlan, WorkerSpec
@@ -76,5 +81,35 @@ async def test_a_rejection_of_an_older_revision_changes_nothing() -> None:
         assert served(c) == [3, 4]
         assert c.degrade("churn", 3, "churn", 4, "rejected")
         assert served(c) == [3]
+    finally:
+        await c.stop()
+
+
+async def test_a_revision_needing_more_workers_than_the_limit_is_not_deployed() -> None:
+    c = DeploymentController(
+        RoutingTable(),
+        NeverStarts(),  # type: ignore[arg-type]
+        grpc_settings=GrpcSettings(),
+        settings=ControllerSettings(max_workers=3),
+        metrics=RouterMetrics(),
+    )
+    try:
+        assert c.submit(plan(1))  # two workers (they stay starting here)
+        assert await c.wait_for(lambda: c.running_workers() == 2, timeout=5)
+        fraud = dataclasses.replace(variant("blue", 1).spec, endpoint="fraud")
+        other = EndpointPlan("fraud", 1, (VariantPlan(fraud, 1.0, 2),))
+        assert c.submit(other)
+
+        def refused() -> bool:
+            state = c._endpoints["fraud"]
+            return state.status == "failed"
+
+        assert await c.wait_for(refused, timeout=5)
+        error = c._endpoints["fraud"].error
+        assert "needs 2 more worker processes" in error
+        assert "runs 2 of at most 3 (ROUTER_MAX_WORKERS)" in error
+        assert c.running_workers() == 2  # nothing started for it
+        with pytest.raises(Unavailable, match="ROUTER_MAX_WORKERS"):
+            c.table.get("fraud")
     finally:
         await c.stop()
