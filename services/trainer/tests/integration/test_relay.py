@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer
-from sqlalchemy import update
+from sqlalchemy import insert, update
 
 from mlbus.core.messaging import EventProducer, TopicCatalogue, ensure_topics
 from mlbus.core.settings import KafkaSettings
@@ -129,3 +129,45 @@ async def test_stopping_publishes_what_is_pending(setup: Setup) -> None:
     found = await published(kafka, catalogue.job_status_changed.name, 50)
     assert len(found) == 50
     assert found["job-49"] == "job-49/PENDING"
+
+
+async def test_each_jobs_events_are_published_in_order(setup: Setup) -> None:
+    kafka, catalogue, database = setup.kafka, setup.catalogue, setup.database
+    store = SqlJobStore(database, "replica-a")
+    statuses = [ev.JOB_STATUS_PENDING, ev.JOB_STATUS_RUNNING, ev.JOB_STATUS_COMPLETED]
+    now = datetime.now(UTC)
+    async with database.transaction() as conn:  # 3 events each for 30 jobs, interleaved
+        for status in statuses:
+            for i in range(30):
+                message = ev.JobStatusChanged(job_id=f"job-{i}", status=status)
+                await conn.execute(
+                    insert(t.outbox).values(
+                        trainer_id="replica-a",
+                        event_id=f"job-{i}/{status}",
+                        job_id=f"job-{i}",
+                        payload=message.SerializeToString(),
+                        create_time=now,
+                    )
+                )
+    async with EventProducer(kafka, source="test") as producer:
+        relay = OutboxRelay(store, producer, catalogue)
+        assert await relay.relay_once() == 90
+    consumer = AIOKafkaConsumer(
+        catalogue.job_status_changed.name,
+        bootstrap_servers=kafka.bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=20,
+    )
+    await consumer.start()
+    seen: dict[str, list[int]] = {}
+    try:
+        deadline = time.monotonic() + 30
+        while sum(map(len, seen.values())) < 90 and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=300)).values():
+                for record in records:  # a partition's records, in its order
+                    message = ev.JobStatusChanged.FromString(record.value)
+                    seen.setdefault(message.job_id, []).append(message.status)
+    finally:
+        await consumer.stop()
+    assert seen == {f"job-{i}": statuses for i in range(30)}
