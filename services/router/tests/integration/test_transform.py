@@ -79,6 +79,12 @@ async def until(
         await asyncio.sleep(0.05)
 
 
+async def create(stub: Any, **spec: Any) -> Any:
+    """CreateTransformJob with these spec fields; the job as created."""
+    request = rpb.CreateTransformJobRequest(spec=rpb.TransformJobSpec(**spec))
+    return (await stub.CreateTransformJob(request, timeout=10)).job
+
+
 async def finished(stub: Any, job_id: str, timeout: float = 120.0) -> Any:
     return await until(stub, job_id, lambda job: job.status in DONE, "done", timeout)
 
@@ -250,20 +256,15 @@ async def test_parquet_directory_input(stack: Any, endpoint_name: str) -> None:
             row_group_size=100,
         )
         await put(stack, f"pq/{endpoint_name}/part-{k}.parquet", buffer.getvalue())
-    job = (
-        await stub.CreateTransformJob(
-            rpb.CreateTransformJobRequest(
-                spec=rpb.TransformJobSpec(
-                    endpoint=endpoint_name,
-                    input_uri=prefix_uri(store, f"pq/{endpoint_name}/"),
-                    output_uri=prefix_uri(store, f"pq-out/{endpoint_name}/"),
-                    input_filter="f0,f1,f2,f3",
-                    records_per_chunk=100,
-                )
-            ),
-            timeout=10,
-        )
-    ).job
+    directory = prefix_uri(store, f"pq/{endpoint_name}/")
+    job = await create(
+        stub,
+        endpoint=endpoint_name,
+        input_uri=directory,
+        output_uri=prefix_uri(store, f"pq-out/{endpoint_name}/"),
+        input_filter="f0,f1,f2,f3",
+        records_per_chunk=100,
+    )
     job = await finished(stub, job.job_id)
     assert job.status == rev.TRANSFORM_JOB_STATUS_COMPLETED, job.reason
     assert [o.uri.rsplit("/", 1)[-1] for o in job.outputs] == [
@@ -280,20 +281,14 @@ async def test_parquet_directory_input(stack: Any, endpoint_name: str) -> None:
 
     # A filter naming a column the files do not have fails the job at its split, before
     # any chunk runs (each chunk used to fail on the workers, after the whole input).
-    typo = (
-        await stub.CreateTransformJob(
-            rpb.CreateTransformJobRequest(
-                spec=rpb.TransformJobSpec(
-                    endpoint=endpoint_name,
-                    input_uri=prefix_uri(store, f"pq/{endpoint_name}/"),
-                    output_uri=prefix_uri(store, f"pq-typo/{endpoint_name}/"),
-                    input_filter="f0,f1,f2,f9",
-                    records_per_chunk=100,
-                )
-            ),
-            timeout=10,
-        )
-    ).job
+    typo = await create(
+        stub,
+        endpoint=endpoint_name,
+        input_uri=directory,
+        output_uri=prefix_uri(store, f"pq-typo/{endpoint_name}/"),
+        input_filter="f0,f1,f2,f9",
+        records_per_chunk=100,
+    )
     typo = await finished(stub, typo.job_id)
     assert typo.status == rev.TRANSFORM_JOB_STATUS_FAILED
     assert "spec.input_filter: filter 'f0,f1,f2,f9': no column 'f9'" in typo.reason, typo.reason
@@ -758,19 +753,13 @@ async def test_a_chunk_that_cannot_run_fails_its_records_and_the_job_still_ends(
     worker = stack.workers(endpoint_name)[0]["pid"]
     os.kill(worker, signal.SIGSTOP)
     try:
-        job = (
-            await stub.CreateTransformJob(
-                rpb.CreateTransformJobRequest(
-                    spec=rpb.TransformJobSpec(
-                        endpoint=endpoint_name,
-                        input_uri=uri,
-                        output_uri=prefix_uri(store, f"shrinking-out/{endpoint_name}/"),
-                        records_per_chunk=1_000,
-                    )
-                ),
-                timeout=10,
-            )
-        ).job
+        job = await create(
+            stub,
+            endpoint=endpoint_name,
+            input_uri=uri,
+            output_uri=prefix_uri(store, f"shrinking-out/{endpoint_name}/"),
+            records_per_chunk=1_000,
+        )
         # Split: every chunk request is on the topic.
         await until(
             stub,
