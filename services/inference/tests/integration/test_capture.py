@@ -179,6 +179,31 @@ async def test_a_stuck_bus_drops_captures_without_slowing_inference(
     assert worker.app.metrics.stats.captured > 5
 
 
+async def test_stopping_with_the_bus_stuck_accounts_for_every_capture(
+    stoppable_broker, start_worker, onnx_models, v2, kafka_settings
+) -> None:
+    kafka = kafka_settings.model_copy(
+        update={"bootstrap_servers": stoppable_broker.bootstrap_servers, "request_timeout_ms": 4000}
+    )
+    worker = await start_worker(
+        onnx_models.mlp(), capture_percent=100, capture_queue_size=5, kafka=kafka
+    )
+    worker.app.capture._stop_timeout_s = 0.5
+    request = v2.request({"x": X})
+    os.kill(stoppable_broker.pid, signal.SIGSTOP)
+    try:
+        for _ in range(12):
+            await worker.infer(request)
+        await asyncio.sleep(0.2)  # the publisher holds a batch it cannot send
+        await worker.app.capture.stop()
+        stats = worker.app.metrics.stats
+        # Published, or dropped (queue full, or at stop: queued or in the batch being sent).
+        assert stats.captured + stats.capture_dropped == 12, stats
+        assert stats.captured == 0
+    finally:
+        os.kill(stoppable_broker.pid, signal.SIGCONT)
+
+
 async def test_records_too_large_for_a_capture_are_dropped_and_counted(
     start_worker, onnx_models, v2, unique_name
 ) -> None:

@@ -85,6 +85,8 @@ class CapturePublisher:
         self._queue: asyncio.Queue[_Capture] = asyncio.Queue(maxsize=queue_size)
         self._task: asyncio.Task[None] | None = None
         self._last_warning = 0.0
+        #: Records of the batch being published that the bus acknowledged so far.
+        self._acked = 0
 
     @property
     def enabled(self) -> bool:
@@ -160,11 +162,18 @@ class CapturePublisher:
             batch = [await self._queue.get()]
             while len(batch) < PUBLISH_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            self._acked = 0
             try:
                 await self._publish(batch)
+            except asyncio.CancelledError:
+                # Stopped mid-batch (the drain timed out): what was not acknowledged counts
+                # as dropped at stop, like what was still queued.
+                if len(batch) > self._acked:
+                    self._metrics.capture_dropped("stopping", len(batch) - self._acked)
+                raise
             except Exception:
                 log.exception("capture: publishing a batch failed")
-                self._metrics.capture_dropped("publish_failed", len(batch))
+                self._metrics.capture_dropped("publish_failed", len(batch) - self._acked)
             finally:
                 for _ in batch:
                     self._queue.task_done()
@@ -175,8 +184,6 @@ class CapturePublisher:
             *(self._publish_one(record, item) for record, item in records), return_exceptions=True
         )
         failures = [r for r in results if isinstance(r, BaseException)]
-        if len(results) > len(failures):
-            self._metrics.capture_published(len(results) - len(failures))
         if failures:
             self._metrics.capture_dropped("publish_failed", len(failures))
             now = time.monotonic()
@@ -197,6 +204,8 @@ class CapturePublisher:
             await self._producer.publish(
                 self._topic, record, key=item.inference_id, event_id=uuid.uuid4().hex
             )
+            self._acked += 1
+            self._metrics.capture_published(1)
         finally:
             otel_context.detach(token)
 
