@@ -70,6 +70,20 @@ def test_up_detached_status_and_down(tmp_path: Path) -> None:
         ready = [x for x in lines if x["message"] == "service ready"]
         assert ready, f"{name} never logged readiness"
         assert f":{ready[0]['grpc_port']}" in row["grpc"]
+    # Free ports are not the SDK's defaults: `up` says how other commands reach the stack,
+    # and those commands work with it.
+    export = next(x for x in started.stdout.splitlines() if x.strip().startswith("export "))
+    env = dict(item.split("=", 1) for item in export.split()[1:])
+    assert env["MLBUS_REGISTRY"] in rows["registry"]["grpc"]
+    assert env["MLBUS_ROUTER"] in rows["router"]["grpc"]
+    listed = subprocess.run(
+        [MLBUS, "models", "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
+    assert listed.returncode == 0, listed.stdout + listed.stderr
 
     again = mlbus("up", "--detach", "--free-ports", home=home)
     assert again.returncode != 0

@@ -246,3 +246,31 @@ async def test_async_client_same_behaviour(
         with pytest.raises(DataLoss):
             await client.download("corrupt", 1, dest=tmp_path / "bad.onnx")
         assert sorted(p.name for p in await asyncio.to_thread(tmp_path.iterdir)) == ["m.onnx"]
+
+
+def test_an_unavailable_the_server_answered_keeps_its_reason_without_the_hint() -> None:
+    from grpc.aio import AioRpcError, Metadata
+
+    from mlbus.sdk.errors import from_rpc_error
+
+    answered = AioRpcError(
+        grpc.StatusCode.UNAVAILABLE,
+        Metadata(),
+        Metadata(),
+        details="endpoint 'churn' is not serving yet: revision 1 is being deployed",
+    )
+    error = from_rpc_error(answered, target="127.0.0.1:50051", service="router")
+    assert isinstance(error, Unavailable)
+    assert error.message == (
+        "router at 127.0.0.1:50051: endpoint 'churn' is not serving yet: revision 1 is being "
+        "deployed"
+    )
+    unreachable = AioRpcError(
+        grpc.StatusCode.UNAVAILABLE,
+        Metadata(),
+        Metadata(),
+        details="failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:1",
+    )
+    message = from_rpc_error(unreachable, target="127.0.0.1:1", service="trainer").message
+    assert message.startswith("trainer at 127.0.0.1:1 is unavailable (failed to connect")
+    assert "is the trainer running?" in message

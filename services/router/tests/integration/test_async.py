@@ -321,7 +321,12 @@ async def test_async_predictor_and_cli(stack: Any, endpoint_name: str) -> None:
         status = runner.invoke(
             cli, ["async-result", endpoint_name, "cli-2", *base, "--wait", "--json"]
         )
+        # A FAILED result is a failure to the shell too (it exited 0).
+        failed_status = runner.invoke(
+            cli, ["async-result", endpoint_name, bad.inference_id, *base, "--json"]
+        )
         return {
+            "failed_status": failed_status,
             "prediction": prediction,
             "job": job,
             "done": done,
@@ -350,6 +355,8 @@ async def test_async_predictor_and_cli(stack: Any, endpoint_name: str) -> None:
     assert waited["result"]["outputs"][0]["shape"] == [1, 1]
     assert json.loads(out["queued"].output)["inference_id"] == "cli-2"
     assert json.loads(out["status"].output)["status"] == "SUCCEEDED"
+    assert out["failed_status"].exit_code == 1, out["failed_status"].output
+    assert json.loads(out["failed_status"].output)["status"] == "FAILED"
 
 
 async def test_a_request_whose_output_was_written_succeeds_even_past_its_deadline(

@@ -613,12 +613,29 @@ async def test_transformer_sdk_and_cli(stack: Any, endpoint_name: str) -> None:
                 "500",
             ],
         )
+        # The README's command: --wait with a progress bar (it used to crash formatting the
+        # total before the split had counted the records).
+        shown = CliRunner().invoke(
+            cli,
+            [
+                "transform",
+                "start",
+                endpoint_name,
+                uri,
+                prefix_uri(store, f"cli-bar/{endpoint_name}/"),
+                "--router",
+                stack.router_target,
+                "--wait",
+            ],
+        )
         described = CliRunner().invoke(
             cli, ["transform", "describe", job.job_id, "--router", stack.router_target, "--json"]
         )
-        return job, listed, seen, result, described
+        return job, listed, seen, result, described, shown
 
-    job, listed, seen, result, described = await asyncio.to_thread(run)
+    job, listed, seen, result, described, shown = await asyncio.to_thread(run)
+    assert shown.exit_code == 0, shown.output
+    assert "1,000/1,000 records" in shown.output, shown.output
     assert job.status == "COMPLETED", job.reason
     assert seen[-1] == 1_000
     assert seen == sorted(seen)

@@ -70,6 +70,26 @@ def error_class(code: grpc.StatusCode) -> type[MlbusError]:
     return _BY_CODE.get(code, Internal)
 
 
+#: How gRPC words an UNAVAILABLE it raised itself (the server could not be reached), as
+#: opposed to one a server answered with.
+_TRANSPORT = (
+    "failed to connect",
+    "connections to all backends failing",
+    "dns resolution failed",
+    "errors resolving",
+    "socket closed",
+    "connection reset",
+    "connection refused",
+    "broken pipe",
+    "goaway",
+)
+
+
+def _unreachable(message: str) -> bool:
+    text = message.lower()
+    return not text or any(marker in text for marker in _TRANSPORT)
+
+
 def from_rpc_error(
     exc: grpc.RpcError,
     *,
@@ -88,12 +108,15 @@ def from_rpc_error(
     else:
         code, message, details = grpc.StatusCode.UNKNOWN, str(exc), {}
     details.setdefault("target", target)
-    if code is grpc.StatusCode.UNAVAILABLE:
+    if code is grpc.StatusCode.UNAVAILABLE and _unreachable(message):
         reason = f" ({message})" if message else ""
         message = (
             f"{service} at {target} is unavailable{reason}; "
             f"is the {service} running? (`mlbus up` starts a local stack)"
         )
+    elif code is grpc.StatusCode.UNAVAILABLE:
+        # The server answered (e.g. an endpoint still deploying): its message says why.
+        message = f"{service} at {target}: {message}"
     elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
         within = f" within {timeout:g} s" if timeout is not None else " in time"
         message = f"{service} at {target} did not answer{within} ({message or 'deadline exceeded'})"

@@ -127,6 +127,21 @@ def up(home: Path, broker_port: int, free_ports: bool, detach: bool, timeout: fl
     except StackError as exc:
         raise click.ClickException(str(exc)) from exc
     _print_table(state)
+    if free_ports:
+        # The SDK and CLI default to the fixed ports; say how to reach these ones.
+        ports = {info.name: info.grpc_port for info in state.services}
+        exports = [
+            f"{env}=127.0.0.1:{ports[name]}"
+            for env, name in (
+                ("MLBUS_REGISTRY", "registry"),
+                ("MLBUS_ROUTER", "router"),
+                ("MLBUS_TRAINER", "trainer"),
+            )
+            if ports.get(name)
+        ]
+        if exports:
+            console.print("other commands reach this stack with:", highlight=False)
+            console.print(f"  export {' '.join(exports)}", highlight=False, soft_wrap=True)
     if detach:
         state.supervisor_pid = None
         state.save()

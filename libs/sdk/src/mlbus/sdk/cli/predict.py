@@ -452,9 +452,15 @@ def invoke_async(
 def async_result(
     endpoint: str, inference_id: str, router: str, wait: bool, wait_timeout: float, as_json: bool
 ) -> None:
-    """Status and result of an asynchronous inference."""
+    """Status and result of an asynchronous inference.
+
+    Exit status 1 when it FAILED or EXPIRED (or, with --wait, ended any other way than
+    SUCCEEDED), as invoke-async --wait; 0 while it is PENDING or IN_PROGRESS without --wait.
+    An id the router never accepted also reads as PENDING."""
     from mlbus.sdk.async_predictor import AsyncPredictor
 
     with AsyncPredictor(endpoint, router) as predictor:
         result = predictor.result(inference_id, wait=wait, timeout=wait_timeout)
     _show_async(result, as_json)
+    if result.status in ("FAILED", "EXPIRED") or (wait and result.status != "SUCCEEDED"):
+        raise click.exceptions.Exit(1)

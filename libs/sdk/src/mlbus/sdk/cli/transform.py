@@ -145,21 +145,28 @@ def start(
                     TextColumn("[bold]{task.description}"),
                     BarColumn(),
                     TaskProgressColumn(),
-                    TextColumn("{task.completed:,.0f}/{task.total:,.0f} records"),
+                    # Not {task.total}: it is None until the split has counted the records.
+                    TextColumn("{task.fields[records]}"),
                     TextColumn("{task.fields[rate]}"),
                     TimeRemainingColumn(),
                     console=console,
                     transient=False,
                 ) as bar:
-                    task = bar.add_task(job.job_id, total=None, rate="")
+                    task = bar.add_task(job.job_id, total=None, rate="", records="")
 
                     def show(now: Any) -> None:
+                        total = now.records_total
                         bar.update(
                             task,
                             completed=now.records_done,
-                            total=now.records_total or None,
+                            total=total or None,
                             description=f"{now.job_id} {now.status.lower()}",
                             rate=f"{now.records_per_second:,.0f}/s",
+                            records=(
+                                f"{now.records_done:,}/{total:,} records"
+                                if total
+                                else f"{now.records_done:,} records"
+                            ),
                         )
 
                     job = transformer.wait(job.job_id, progress=show)

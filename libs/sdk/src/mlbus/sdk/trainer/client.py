@@ -111,7 +111,9 @@ class TrainerClient:
                 request, timeout=deadline, metadata=actor_metadata(self.actor)
             )
         except grpc.RpcError as exc:
-            raise from_rpc_error(exc, target=self.target, timeout=deadline) from None
+            raise from_rpc_error(
+                exc, target=self.target, timeout=deadline, service="trainer"
+            ) from None
 
     def submit(
         self, kind: str, spec: ev.JobSpec, *, experiment: str = "", job_id: str = ""
@@ -177,7 +179,9 @@ class TrainerClient:
             ):
                 yield from response.lines
         except grpc.RpcError as exc:
-            raise from_rpc_error(exc, target=self.target, timeout=self.timeout) from None
+            raise from_rpc_error(
+                exc, target=self.target, timeout=self.timeout, service="trainer"
+            ) from None
 
     def wait(
         self,
