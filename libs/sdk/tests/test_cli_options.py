@@ -241,3 +241,21 @@ def test_ports_picked_together_are_distinct_and_bindable() -> None:
     for port in ports[:3]:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", port))  # free again once picked
+
+
+def test_bad_prediction_inputs_are_usage_errors(tmp_path: Path) -> None:
+    router = ["--router", f"127.0.0.1:{free_port()}"]  # never reached: refused before
+    binary = tmp_path / "rows.json"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    for args, message in (
+        (["--data", '{"inputs": 5}'], "inputs: expected a list of tensors, got int"),
+        (
+            ["--data", '{"inputs": [], "outputs": 5}'],
+            "outputs: expected a list of tensors, got int",
+        ),
+        (["--input", str(binary)], "not UTF-8 text"),
+    ):
+        code, stdout, stderr = run("predict", "churn", *args, *router)
+        assert code == 2, (args, stdout + stderr)
+        assert message in " ".join(stderr.split()), stderr
+        assert "Traceback" not in stderr

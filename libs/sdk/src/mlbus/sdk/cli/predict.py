@@ -33,6 +33,12 @@ def _v2_request(endpoint: str, body: dict[str, Any]) -> Any:
     from mlbus.inference.v2 import grpc_service_pb2 as pb
 
     request = pb.ModelInferRequest(model_name=endpoint, id=str(body.get("id", "")))
+    for key in ("inputs", "outputs"):
+        if key in body and not isinstance(body[key], list):
+            raise click.BadParameter(
+                f"{key}: expected a list of tensors, got {type(body[key]).__name__}",
+                param_hint="--input",
+            )
     for index, tensor in enumerate(body["inputs"]):
         where = f"inputs[{index}]"
         try:
@@ -102,7 +108,12 @@ def _load(input_path: str | None, data: str | None) -> tuple[str, Any]:
         text, kind = sys.stdin.read(), "json"
     else:
         path = Path(input_path)  # type: ignore[arg-type]
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError as exc:
+            raise click.BadParameter(
+                f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})", param_hint="--input"
+            ) from None
         kind = "csv" if path.suffix.lower() in (".csv", ".tsv") else "json"
     if kind == "csv":
         return kind, _csv_data(text)
