@@ -88,6 +88,10 @@ def test_up_detached_status_and_down(tmp_path: Path) -> None:
     again = mlbus("up", "--detach", "--free-ports", home=home)
     assert again.returncode != 0
     assert "already running" in again.stderr
+    demo = mlbus("demo", home=home)  # one line, not a traceback
+    assert demo.returncode != 0
+    assert "already running" in demo.stderr
+    assert "Traceback" not in demo.stderr
 
     stopped = mlbus("down", home=home)
     assert stopped.returncode == 0, stopped.stderr

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from mlbus.sdk.cli._common import console
+from mlbus.sdk.cli._common import RegistryCommand, console
 
 _DATA = Path(__file__).resolve().parents[6] / "examples" / "churn.csv"
 _TARGET = "churned"
@@ -44,7 +44,7 @@ def _features_csv(path: Path) -> tuple[bytes, list[list[float]]]:
     return out.getvalue().encode(), features
 
 
-@click.command()
+@click.command(cls=RegistryCommand)
 @click.option(
     "--home",
     type=click.Path(path_type=Path),
@@ -72,7 +72,7 @@ def demo(home: Path | None, data_path: Path | None, keep: bool) -> None:
     from mlbus.core.settings import StorageSettings
     from mlbus.core.storage import open_object_store
     from mlbus.sdk import AsyncPredictor, Predictor, Transformer
-    from mlbus.sdk.local.stack import LocalStack
+    from mlbus.sdk.local.stack import LocalStack, StackError
     from mlbus.sdk.registry import RegistryClient
     from mlbus.sdk.trainer.client import TrainerClient
     from mlbus.trainer.v1 import events_pb2 as tev
@@ -82,7 +82,10 @@ def demo(home: Path | None, data_path: Path | None, keep: bool) -> None:
     started = time.monotonic()
     _step(1, f"local stack in {home}")
     stack = LocalStack(home, free_ports=True, echo=lambda line: console.print(f"   {line}"))
-    state = stack.start()
+    try:
+        state = stack.start()
+    except StackError as exc:  # e.g. a stack already runs from this home
+        raise click.ClickException(str(exc)) from None
     ports = {p.name: p.grpc_port for p in state.services}
     address = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
     console.print(
