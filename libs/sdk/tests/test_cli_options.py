@@ -107,6 +107,7 @@ def test_key_value_callbacks() -> None:
             "0<=x<=100",
         ),
         (["endpoints", "rollback", "e", "zero"], "'zero' is not a valid integer"),
+        (["endpoints", "update", "e"], "nothing to change: give --variant"),
     ],
 )
 def test_usage_errors(args: list[str], message: str) -> None:

@@ -212,6 +212,19 @@ def update(
     production variants); --file replaces everything. The update fails if someone else
     changed the endpoint since it was read.
     """
+    if (
+        file is None
+        and not variants
+        and shadow is None
+        and not no_shadow
+        and capture_percent is None
+        and description is None
+    ):
+        # A revision identical to the current one would still be a new revision, deployed.
+        raise click.UsageError(
+            "nothing to change: give --variant, --shadow, --no-shadow, --capture-percent, "
+            "--description or --file"
+        )
     with opts.client() as client:
         base: EndpointSpec | None = None
         if file is None:
