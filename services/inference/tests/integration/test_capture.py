@@ -143,16 +143,21 @@ async def stoppable_broker(tmp_path) -> AsyncIterator[BrokerProcess]:
         await asyncio.to_thread(broker.stop)
 
 
+async def capturing_worker(stoppable_broker, start_worker, onnx_models, kafka_settings):
+    """A worker capturing every inference (queue of 5) to ``stoppable_broker``."""
+    kafka = kafka_settings.model_copy(
+        update={"bootstrap_servers": stoppable_broker.bootstrap_servers, "request_timeout_ms": 4000}
+    )
+    return await start_worker(
+        onnx_models.mlp(), capture_percent=100, capture_queue_size=5, kafka=kafka
+    )
+
+
 async def test_a_stuck_bus_drops_captures_without_slowing_inference(
     stoppable_broker, start_worker, onnx_models, v2, kafka_settings
 ) -> None:
     # stoppable_broker comes first so that it is torn down after the worker.
-    kafka = kafka_settings.model_copy(
-        update={"bootstrap_servers": stoppable_broker.bootstrap_servers, "request_timeout_ms": 4000}
-    )
-    worker = await start_worker(
-        onnx_models.mlp(), capture_percent=100, capture_queue_size=5, kafka=kafka
-    )
+    worker = await capturing_worker(stoppable_broker, start_worker, onnx_models, kafka_settings)
     request = v2.request({"x": X})
     for _ in range(5):  # the bus works: captures are published
         await worker.infer(request)
@@ -182,12 +187,7 @@ async def test_a_stuck_bus_drops_captures_without_slowing_inference(
 async def test_stopping_with_the_bus_stuck_accounts_for_every_capture(
     stoppable_broker, start_worker, onnx_models, v2, kafka_settings
 ) -> None:
-    kafka = kafka_settings.model_copy(
-        update={"bootstrap_servers": stoppable_broker.bootstrap_servers, "request_timeout_ms": 4000}
-    )
-    worker = await start_worker(
-        onnx_models.mlp(), capture_percent=100, capture_queue_size=5, kafka=kafka
-    )
+    worker = await capturing_worker(stoppable_broker, start_worker, onnx_models, kafka_settings)
     worker.app.capture._stop_timeout_s = 0.5
     request = v2.request({"x": X})
     os.kill(stoppable_broker.pid, signal.SIGSTOP)

@@ -377,18 +377,13 @@ class DeploymentController:
         limit = self.settings.max_workers
         running = self.running_workers()
         if limit and wanted and running + wanted > limit:
-            state.status = "failed" if state.applied is None else "serving (update failed)"
-            state.error = (
+            self._rollout_failed(
+                state,
+                plan,
                 f"revision {plan.revision} needs {wanted} more worker processes, but this "
                 f"router runs {running} of at most {limit} (ROUTER_MAX_WORKERS); lower the "
-                "variants' instance_count or raise the limit"
+                "variants' instance_count or raise the limit",
             )
-            log.error(
-                "deployment refused: too many workers",
-                extra={"endpoint": plan.endpoint, "revision": plan.revision, "error": state.error},
-            )
-            self.metrics.deployment_failed(plan.endpoint)
-            self.table.mark_pending(plan.endpoint, state.error)  # a served one keeps its route
             return
         assigned: list[tuple[VariantPlan, list[ManagedWorker]]] = []
         new: list[ManagedWorker] = []
@@ -408,18 +403,11 @@ class DeploymentController:
             if state.desired is plan:
                 failed = [w for w in new if w.state is not WorkerState.READY]
                 reasons = "; ".join(f"{w.id}: {w.error}" for w in failed if w.error)
-                state.status = "failed" if state.applied is None else "serving (update failed)"
-                state.error = f"revision {plan.revision} did not come up: {reasons or 'not ready'}"
-                log.error(
-                    "deployment failed; the previous revision keeps serving",
-                    extra={
-                        "endpoint": plan.endpoint,
-                        "revision": plan.revision,
-                        "error": state.error,
-                    },
+                self._rollout_failed(
+                    state,
+                    plan,
+                    f"revision {plan.revision} did not come up: {reasons or 'not ready'}",
                 )
-                self.metrics.deployment_failed(plan.endpoint)
-                self.table.mark_pending(plan.endpoint, state.error)
             for w in new:
                 self._spawn_task(self._drain(state, w), f"drain-{w.id}")
             return
@@ -478,6 +466,18 @@ class DeploymentController:
         log.info("endpoint deleted; draining its workers", extra={"endpoint": state.name})
         await asyncio.gather(*(self._drain(state, w) for w in list(state.workers)))
         self._update_gauges()
+
+    def _rollout_failed(self, state: _Endpoint, plan: EndpointPlan, error: str) -> None:
+        """``plan`` is not deployed: the previous revision (if any) keeps serving; the
+        endpoint's status and its requests (while it has no route) say why."""
+        state.status = "failed" if state.applied is None else "serving (update failed)"
+        state.error = error
+        log.error(
+            "deployment failed; the previous revision keeps serving",
+            extra={"endpoint": plan.endpoint, "revision": plan.revision, "error": error},
+        )
+        self.metrics.deployment_failed(plan.endpoint)
+        self.table.mark_pending(plan.endpoint, error)  # a routed endpoint keeps its route
 
     def running_workers(self) -> int:
         """Worker processes starting or serving now, over every endpoint."""

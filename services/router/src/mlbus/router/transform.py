@@ -277,9 +277,9 @@ class TransformService:
         job_id = spec.job_id
         if job_id and (job_id in self._jobs or job_id in self._creating):
             raise AlreadyExists(f"transform job {job_id!r} exists")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[None] | None = None
         if job_id:
-            self._creating[job_id] = future
+            future = self._creating[job_id] = asyncio.get_running_loop().create_future()
         try:
             manifest, files = await self._plan(spec)
             if manifest.job_id in self._jobs or await self.store.exists(
@@ -288,9 +288,9 @@ class TransformService:
                 raise AlreadyExists(f"transform job {manifest.job_id!r} exists")
             job = await self._start(spec, manifest, files, None)
         finally:
-            if job_id:
+            if future is not None:
                 self._creating.pop(job_id, None)
-            future.set_result(None)
+                future.set_result(None)
         return self.describe_job(job)
 
     async def create_internal(

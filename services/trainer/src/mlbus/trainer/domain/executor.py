@@ -113,8 +113,9 @@ class LogWriter:
     No write is ever cancelled halfway: a cancelled write had already taken its lines out
     of the buffer, so they were lost (the last lines of a job, such as "process ended",
     went missing when a batch was being written as the job's process ended). Closing
-    waits for a write in progress, and the final write outlives a cancelled caller. A write that fails keeps its lines for the next one; the final
-    write is tried a few times before the lines are given up, with an error logged.
+    waits for a write in progress, and the final write outlives a cancelled caller. A
+    write that fails keeps its lines for the next one; the final write is tried a few
+    times before the lines are given up, with an error logged.
     """
 
     def __init__(
